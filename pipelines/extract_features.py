@@ -1,0 +1,232 @@
+"""Feature extraction: a corpus → Ray Data decoding → frozen encoders → parquet feature shards.
+
+Features are computed once here; training streams the shards and never loads an encoder.
+
+Run locally (starts a local Ray) or on a cluster:
+
+    python -m pipelines.extract_features --config pipelines/configs/extract/tiny.yaml \\
+        corpus.path=data/synth/manifest.jsonl output=data/features
+    ray job submit --working-dir . -- python -m pipelines.extract_features \\
+        --config pipelines/configs/extract/clip-b16-whisper-small.yaml \\
+        corpus.name=webvid corpus.path=s3://bucket/webvid/results_10M_train.csv \\
+        corpus.media_root=s3://bucket/webvid/videos output=s3://bucket/features/webvid
+
+A rerun on the same output skips clips already written (and retries failed ones unless
+``retry_failed=false``); see ``pipelines.shards`` for the on-disk layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from av_model.config import EncodersConfig
+from av_model.configlib import check, to_dict
+from pipelines import jobs, shards, storage
+from pipelines.corpora import build_manifest
+from pipelines.corpora.base import ManifestResult, read_manifest
+from pipelines.media import DecodeConfig
+
+log = logging.getLogger("avray.extract")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the clips come from."""
+
+    # "manifest" (a manifest file in DESIGN §3's schema) or an adapter: webvid, vggsound,
+    # acav, audiocaps, jsonl.
+    name: str = "manifest"
+    path: str = ""                   # manifest file, or the corpus's metadata file
+    media_root: str | None = None    # where an adapter finds media files
+    split: str | None = None         # keep only this split (adapters that have splits)
+    limit: int | None = None         # first N rows only (smoke runs)
+    check_files: bool = True         # adapters: record missing local files as errors up front
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "must name a manifest or metadata file")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """An encoder actor pool: size and per-actor resources (GPU on clusters)."""
+
+    min_size: int = 1
+    max_size: int = 1
+    num_cpus: float = 0.5     # fractional on small hosts: whole CPUs deadlock 2-core Data jobs
+    num_gpus: float = 0.0
+    batch_size: int = 4       # clips per encoder call
+    threads: int = 1          # torch threads per actor
+
+    def __post_init__(self) -> None:
+        check(1 <= self.min_size <= self.max_size, "min_size", "need 1 <= min_size <= max_size")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.num_cpus > 0 or self.num_gpus > 0, "num_cpus", "an actor needs a CPU or a GPU")
+
+
+@dataclass(frozen=True)
+class DecodeStageConfig:
+    num_cpus: float = 0.5     # per decode task
+    batch_size: int = 2       # clips per decode task
+    threads: int = 1          # decoder threads per clip
+
+    def __post_init__(self) -> None:
+        check(self.num_cpus > 0, "num_cpus", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    output: str                                    # directory or s3:// prefix for the shards
+    corpus: CorpusConfig
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    decode: DecodeStageConfig = field(default_factory=DecodeStageConfig)
+    visual_pool: PoolConfig = field(default_factory=PoolConfig)
+    audio_pool: PoolConfig = field(default_factory=PoolConfig)
+    events_pool: PoolConfig = field(default_factory=PoolConfig)
+    max_duration_s: float | None = 600.0          # explicit cap; cut clips are counted
+    rows_per_shard: int = 32                       # clips per parquet file
+    dtype: Literal["float16", "float32"] = "float16"
+    retry_failed: bool = True                      # rerun: try previously failed clips again
+    ray: jobs.RayConfig = field(default_factory=jobs.RayConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.output), "output", "must name a directory or s3:// prefix")
+        check(self.rows_per_shard > 0, "rows_per_shard", "must be > 0")
+        check(self.max_duration_s is None or self.max_duration_s > 0, "max_duration_s",
+              "must be > 0 or null")
+
+
+def load_clips(corpus: CorpusConfig) -> ManifestResult:
+    if corpus.name == "manifest":
+        rows = read_manifest(corpus.path)
+        result = ManifestResult(rows=rows[:corpus.limit] if corpus.limit else rows)
+        from pipelines.corpora.base import dedupe
+
+        return dedupe(result)
+    kwargs: dict[str, Any] = {"check_files": corpus.check_files, "limit": corpus.limit}
+    if corpus.name != "jsonl" and corpus.split:
+        kwargs["split"] = corpus.split
+    return build_manifest(corpus.name, metadata=corpus.path, media_root=corpus.media_root,
+                          **kwargs)
+
+
+def feature_metadata(cfg: ExtractConfig, frame_size: int) -> dict[str, Any]:
+    """What a reader of the shards needs to know about the encoders (no weights loaded)."""
+    from av_model.encoders import events_frame_rate, whisper_frame_rate
+
+    enc = cfg.encoders
+    meta = {"encoders": to_dict(enc), "frame_size": frame_size, "fps": enc.fps,
+            "dtype": cfg.dtype, "audio_rate_hz": whisper_frame_rate(enc.audio.name_or_path),
+            "audio_events_rate_hz": None}
+    if enc.audio_events.name_or_path:
+        meta["audio_events_rate_hz"] = events_frame_rate(enc.audio_events.name_or_path)
+    return meta
+
+
+def _pool_args(pool: PoolConfig) -> dict[str, Any]:
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+            "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus or None,
+            "batch_size": pool.batch_size}
+
+
+def _device(pool: PoolConfig) -> str:
+    return "cuda" if pool.num_gpus > 0 else "cpu"
+
+
+def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: DecodeConfig,
+                  metadata: dict[str, Any]):
+    """The lazy Ray Data pipeline: one summary row per clip comes out of it."""
+    import ray.data
+
+    from pipelines import extract_stages as st
+
+    items = [{"clip_id": r["clip_id"], "uri": r["uri"], "manifest": json.dumps(r)} for r in rows]
+    blocks = max(1, min(len(items), 200, len(items) // cfg.decode.batch_size))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode},
+                        batch_size=cfg.decode.batch_size, num_cpus=cfg.decode.num_cpus)
+    enc, has_events = cfg.encoders, bool(cfg.encoders.audio_events.name_or_path)
+    ds = ds.map_batches(st.VisualStage, fn_constructor_kwargs={
+        "cfg": enc.visual, "device": _device(cfg.visual_pool),
+        "threads": cfg.visual_pool.threads}, **_pool_args(cfg.visual_pool))
+    ds = ds.map_batches(st.AudioStage, fn_constructor_kwargs={
+        "cfg": enc.audio, "device": _device(cfg.audio_pool), "threads": cfg.audio_pool.threads,
+        "drop_input": not has_events}, **_pool_args(cfg.audio_pool))
+    if has_events:
+        ds = ds.map_batches(st.AudioEventStage, fn_constructor_kwargs={
+            "cfg": enc.audio_events, "device": _device(cfg.events_pool),
+            "threads": cfg.events_pool.threads}, **_pool_args(cfg.events_pool))
+    return ds.map_batches(st.write_batch, batch_size=cfg.rows_per_shard, num_cpus=0.25,
+                          fn_kwargs={"output": cfg.output, "fps": enc.fps,
+                                     "metadata": metadata, "dtype": cfg.dtype})
+
+
+def pending_rows(cfg: ExtractConfig, manifest: ManifestResult) -> tuple[list[dict], int]:
+    """Rows still to do: minus clips already written (and already failed, if asked)."""
+    done = shards.written_clip_ids(cfg.output)
+    if not cfg.retry_failed:
+        done |= set(shards.read_errors(cfg.output).column("clip_id").to_pylist())
+    rows = [r for r in manifest.rows if r["clip_id"] not in done]
+    return rows, len(manifest.rows) - len(rows)
+
+
+def summarise(results: list[dict[str, Any]], skipped: int, manifest_errors: int,
+              seconds: float) -> dict[str, Any]:
+    ok = [r for r in results if not r["error"]]
+    failed = Counter(r["error"] for r in results if r["error"])
+    return {
+        "clips_ok": len(ok), "clips_failed": sum(failed.values()) + manifest_errors,
+        "failed_by_reason": dict(failed, **({"manifest": manifest_errors} if manifest_errors else {})),
+        "clips_skipped_existing": skipped,
+        "clips_truncated": sum(1 for r in ok if r["truncated"]),
+        "media_hours": round(sum(r["duration_s"] for r in ok) / 3600.0, 4),
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(len(results) / seconds, 3) if seconds > 0 else 0.0,
+    }
+
+
+def run(cfg: ExtractConfig) -> dict[str, Any]:
+    """Execute the job (Ray must be initialised); returns the summary dict."""
+    from av_model.encoders import visual_input_spec
+
+    storage.makedirs(cfg.output)
+    for sub in (shards.FEATURES_DIR, shards.ERRORS_DIR):
+        storage.clean_temp_files(storage.join(cfg.output, sub))
+    manifest = load_clips(cfg.corpus)
+    shards.write_errors(cfg.output, manifest.errors)
+    rows, skipped = pending_rows(cfg, manifest)
+    spec = visual_input_spec(cfg.encoders.visual)
+    decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
+                          resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s,
+                          threads=cfg.decode.threads)
+    log.info("%d clips to extract (%d already written, %d manifest errors) → %s",
+             len(rows), skipped, len(manifest.errors), cfg.output)
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    if rows:
+        ds = build_dataset(cfg, rows, decode, feature_metadata(cfg, spec.image_size))
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            results.extend({k: batch[k][i] for k in batch} for i in range(len(batch["clip_id"])))
+    summary = summarise(results, skipped, len(manifest.errors), time.perf_counter() - start)
+    summary["errors_table_rows"] = shards.consolidate_errors(cfg.output).num_rows
+    storage.write_bytes_atomic(storage.join(cfg.output, "summary.json"),
+                               json.dumps(summary, indent=2).encode())
+    log.info("summary: %s", json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = jobs.parse_job_config(ExtractConfig, argv, __doc__)
+    with jobs.ray_session(cfg.ray):
+        return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Ray Data stages of feature extraction: plain callables, dict batch in, dict batch out.
+
+decode_batch (CPU task) → VisualStage → AudioStage → [AudioEventStage] (actor pools, GPU
+when configured) → write_batch (task) → one summary row per clip.
+
+Failed clips flow through as rows whose ``error`` is set and whose media columns are empty,
+so every stage sees them, skips them, and the writer records them in the errors table; a
+corrupt file never stops the job. Encoder stages fall back to one clip at a time when a
+batch fails, so one bad clip cannot take its batch-mates down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from pipelines import shards
+from pipelines.corpora.base import error_row
+from pipelines.media import DecodeConfig, MediaError, decode_clip
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+
+def _objects(items: list[Any]) -> np.ndarray:
+    """A 1-D object array (numpy would otherwise stack equal-shaped arrays into one)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _failed(batch: Batch, i: int) -> bool:
+    return bool(batch["error"][i])
+
+
+def decode_batch(batch: Batch, decode: DecodeConfig) -> Batch:
+    """Manifest rows → frames (T,S,S,3) uint8 and waveform (N,) float32 per clip."""
+    size = decode.frame_size
+    cols: dict[str, list] = {k: [] for k in ("frames", "waveform", "has_video", "has_audio",
+                                               "duration_s", "truncated", "error_stage",
+                                               "error", "message")}
+    for i in range(len(batch["clip_id"])):
+        row = json.loads(batch["manifest"][i])
+        clip, stage, code, message = None, "", "", ""
+        try:
+            clip = decode_clip(row["uri"], decode, row.get("start_s"), row.get("end_s"))
+        except MediaError as err:
+            stage = "fetch" if err.code == "missing_file" else "decode"
+            code, message = err.code, str(err)
+        except Exception as err:  # never let one file stop the job; keep the reason
+            stage, code, message = "decode", type(err).__name__, str(err)[:500]
+        ok = clip is not None
+        cols["frames"].append(clip.frames if ok and clip.frames is not None
+                              else np.zeros((0, size, size, 3), np.uint8))
+        cols["waveform"].append(clip.audio if ok and clip.audio is not None
+                                else np.zeros((0,), np.float32))
+        cols["has_video"].append(ok and clip.frames is not None)
+        cols["has_audio"].append(ok and clip.audio is not None)
+        cols["duration_s"].append(clip.duration_s if ok else 0.0)
+        cols["truncated"].append(ok and clip.truncated)
+        cols["error_stage"].append(stage)
+        cols["error"].append(code)
+        cols["message"].append(message)
+    out = {k: batch[k] for k in ("clip_id", "uri", "manifest")}
+    out.update({k: _objects(v) if k in ("frames", "waveform") else np.asarray(v)
+                for k, v in cols.items()})
+    return out
+
+
+class _EncoderStage:
+    """Encode one modality of a batch; subclasses say which columns and how."""
+
+    input_col: str
+    output_col: str
+    stage_name: str
+
+    def __init__(self, build: Callable[[], Any], threads: int, drop_input: bool):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.encoder = build()
+        self.drop_input = drop_input
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, *self.token_shape()), np.float16)
+
+    def token_shape(self) -> tuple[int, ...]:
+        return (self.encoder.hidden_size,)
+
+    def _encode(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        return self.encoder.encode(items)
+
+    def _present(self, batch: Batch, i: int) -> bool:
+        return not _failed(batch, i) and len(batch[self.input_col][i]) > 0
+
+    def __call__(self, batch: Batch) -> Batch:
+        for key in ("error_stage", "error", "message"):  # fixed-width str arrays would clip
+            batch[key] = np.asarray(batch[key], dtype=object)
+        idx = [i for i in range(len(batch["clip_id"])) if self._present(batch, i)]
+        outs = [self._empty() for _ in batch["clip_id"]]
+        try:
+            encoded = self._encode([batch[self.input_col][i] for i in idx])
+            for i, feat in zip(idx, encoded):
+                outs[i] = feat.astype(np.float16)
+        except Exception:  # isolate the clip that breaks the batch
+            log.exception("%s failed on a batch; retrying clip by clip", self.stage_name)
+            for i in idx:
+                try:
+                    outs[i] = self._encode([batch[self.input_col][i]])[0].astype(np.float16)
+                except Exception as err:
+                    batch["error_stage"][i] = self.stage_name
+                    batch["error"][i] = type(err).__name__
+                    batch["message"][i] = str(err)[:500]
+        batch[self.output_col] = _objects(outs)
+        if self.drop_input:
+            del batch[self.input_col]
+        return batch
+
+
+class VisualStage(_EncoderStage):
+    input_col, output_col, stage_name = "frames", "video", "encode_video"
+
+    def __init__(self, cfg, device: str, threads: int = 1):
+        from av_model.encoders import VisualEncoder
+
+        super().__init__(lambda: VisualEncoder(cfg, device=device), threads, drop_input=True)
+
+    def token_shape(self) -> tuple[int, ...]:
+        return (self.encoder.num_tokens, self.encoder.hidden_size)
+
+    def _encode(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = [len(f) for f in items]
+        if not items:
+            return []
+        tokens = self.encoder.encode(np.concatenate(items, axis=0))  # (ΣT, Nv, Dv)
+        return np.split(tokens, np.cumsum(lengths)[:-1])
+
+
+class AudioStage(_EncoderStage):
+    input_col, output_col, stage_name = "waveform", "audio", "encode_audio"
+
+    def __init__(self, cfg, device: str, threads: int = 1, drop_input: bool = True):
+        from av_model.encoders import WhisperAudioEncoder
+
+        super().__init__(lambda: WhisperAudioEncoder(cfg, device=device), threads, drop_input)
+
+
+class AudioEventStage(_EncoderStage):
+    input_col, output_col, stage_name = "waveform", "audio_events", "encode_audio_events"
+
+    def __init__(self, cfg, device: str, threads: int = 1):
+        from av_model.encoders import AudioEventEncoder
+
+        super().__init__(lambda: AudioEventEncoder(cfg, device=device), threads, drop_input=True)
+
+
+def write_batch(batch: Batch, output: str, fps: float, metadata: dict[str, Any],
+                dtype: str) -> Batch:
+    """Write ok rows as one feature shard and failed rows as one errors part; summarise."""
+    ok_rows, err_rows = [], []
+    for i in range(len(batch["clip_id"])):
+        row = json.loads(batch["manifest"][i])
+        if _failed(batch, i):
+            err_rows.append(error_row(row["clip_id"], row["uri"], str(batch["error_stage"][i]),
+                                      str(batch["error"][i]), str(batch["message"][i])))
+            continue
+        feat = {k: row.get(k) for k in ("clip_id", "source", "split", "uri", "start_s",
+                                        "caption", "labels", "conversations", "meta")}
+        feat.update(duration_s=float(batch["duration_s"][i]), fps=fps,
+                    truncated=bool(batch["truncated"][i]), has_video=bool(batch["has_video"][i]),
+                    has_audio=bool(batch["has_audio"][i]))
+        for col in shards.TENSOR_COLUMNS:
+            if col in batch:
+                feat[col] = batch[col][i]
+        ok_rows.append(feat)
+    shards.write_features(output, ok_rows, metadata, dtype)
+    shards.write_errors(output, err_rows)
+    return {"clip_id": batch["clip_id"], "error": batch["error"],
+            "duration_s": batch["duration_s"], "truncated": batch["truncated"]}
