@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     enc = save_tiny_encoders(os.path.join(work, "encoders"), seed=args.seed)
 
     _stage(2, 3, f"synthetic corpus: {args.n} clips → {work}/synth")
-    synth_cfg = synthetic.SynthConfig(n=args.n, seed=args.seed, min_duration_s=4.0,
-                                      max_duration_s=8.0)
+    synth_cfg = synthetic.SynthConfig(n=args.n, seed=args.seed, min_duration_s=8.0,
+                                      max_duration_s=10.0)
     synthetic.generate(synth_cfg, os.path.join(work, "synth"))
 
     _stage(3, 3, f"feature extraction (Ray Data) → {work}/features")

@@ -36,12 +36,12 @@ MEDIA_KEYS = ("duration_s", "fps", "width", "height", "size_px", "audio_rate", "
 
 @functools.lru_cache(maxsize=1)
 def ffmpeg_exe() -> str:
-    """The ffmpeg binary: the system one if present, else the one imageio-ffmpeg ships."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    """The ffmpeg binary imageio-ffmpeg ships (known to have libx264 + aac), else PATH's."""
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg") or "ffmpeg"
 
 
 def speech_available(wanted: bool) -> bool:

@@ -1,0 +1,78 @@
+"""Frozen encoders on tiny random checkpoints: shapes, lengths, chunking, frozenness."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from av_model.config import AudioEncoderConfig, AudioEventEncoderConfig, VisualEncoderConfig
+from av_model.encoders import (AudioEventEncoder, VisualEncoder, WhisperAudioEncoder,
+                               events_frame_rate, visual_input_spec, whisper_frame_rate)
+
+
+@pytest.fixture(scope="module")
+def whisper(tiny_encoders):
+    return WhisperAudioEncoder(AudioEncoderConfig(tiny_encoders["audio"], chunks_per_forward=2),
+                               device="cpu")
+
+
+@pytest.mark.parametrize("mode,tokens", [("all", 17), ("cls", 1), ("patches", 16), ("pooled", 4)])
+def test_visual_token_modes(tiny_encoders, mode, tokens):
+    enc = VisualEncoder(VisualEncoderConfig(tiny_encoders["visual"], token_mode=mode,
+                                            frames_per_forward=3), device="cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
+    out = enc.encode(frames)
+    assert out.shape == (7, tokens, 32) == (7, enc.num_tokens, enc.hidden_size)
+    # Chunked forward (3 frames per pass) equals one frame at a time.
+    single = np.concatenate([enc.encode(frames[i:i + 1]) for i in range(7)])
+    np.testing.assert_allclose(out, single, atol=1e-5)
+
+
+def test_visual_layer_selection_and_input_check(tiny_encoders):
+    last = VisualEncoder(VisualEncoderConfig(tiny_encoders["visual"], layer=-1), device="cpu")
+    penult = VisualEncoder(VisualEncoderConfig(tiny_encoders["visual"], layer=-2), device="cpu")
+    frames = np.full((2, 32, 32, 3), 128, np.uint8)
+    assert not np.allclose(last.encode(frames), penult.encode(frames))
+    with pytest.raises(ValueError, match="frames must be"):
+        last.encode(np.zeros((2, 16, 16, 3), np.uint8))
+    spec = visual_input_spec(VisualEncoderConfig(tiny_encoders["visual"]))
+    assert spec.image_size == 32 and spec.model_type == "clip_vision_model"
+
+
+def test_whisper_lengths_any_duration(whisper):
+    # Tiny Whisper has a 5 s window: 12 s spans three windows, nothing is dropped.
+    assert whisper.window_samples == 80000 and whisper_frame_rate is not None
+    rng = np.random.default_rng(1)
+    lengths = [16000 * 12, 93680, 320, 0]
+    outs = whisper.encode([rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths])
+    assert [o.shape for o in outs] == [(math.ceil(n / 320), 32) for n in lengths]
+
+
+def test_whisper_windows_are_independent_of_batching(whisper):
+    rng = np.random.default_rng(2)
+    long = rng.standard_normal(16000 * 7).astype(np.float32) * 0.1
+    first_window = long[:80000]
+    together = whisper.encode([long, rng.standard_normal(16000).astype(np.float32)])[0]
+    alone = whisper.encode([first_window])[0]
+    np.testing.assert_allclose(together[:250], alone, atol=1e-4)
+    assert together.shape == (350, 32)
+    assert whisper.frame_rate == 50.0
+
+
+def test_audio_event_encoder_is_time_resolved(tiny_encoders):
+    enc = AudioEventEncoder(AudioEventEncoderConfig(tiny_encoders["audio_events"]), device="cpu")
+    assert enc.frame_rate == events_frame_rate(tiny_encoders["audio_events"]) == 10.0
+    outs = enc.encode([np.zeros(16000 * 5, np.float32), np.zeros(1000, np.float32)])
+    assert [o.shape for o in outs] == [(50, 32), (1, 32)]
+
+
+def test_encoders_are_frozen(whisper, tiny_encoders):
+    vis = VisualEncoder(VisualEncoderConfig(tiny_encoders["visual"]), device="cpu")
+    for enc in (vis, whisper):
+        enc.train()
+        assert not enc.training and not any(m.training for m in enc.modules())
+        assert not any(p.requires_grad for p in enc.parameters())
+    with torch.enable_grad():
+        out = vis(torch.rand(1, 3, 32, 32))
+    assert not out.requires_grad
