@@ -215,6 +215,7 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             results.extend({k: batch[k][i] for k in batch} for i in range(len(batch["clip_id"])))
     summary = summarise(results, skipped, len(manifest.errors), time.perf_counter() - start)
+    summary["duplicates_removed"] = shards.dedupe_features(cfg.output)
     summary["errors_table_rows"] = shards.consolidate_errors(cfg.output).num_rows
     storage.write_bytes_atomic(storage.join(cfg.output, "summary.json"),
                                json.dumps(summary, indent=2).encode())

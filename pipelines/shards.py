@@ -100,6 +100,35 @@ def written_clip_ids(output: str) -> set[str]:
     return set() if table is None else set(table.column("clip_id").to_pylist())
 
 
+def dedupe_features(output: str) -> int:
+    """Drop repeated clip_ids across shards (first file in name order wins); return the count.
+
+    A killed job's workers can outlive its driver by a moment and finish one last shard
+    after a rerun has started; every run ends with this pass so each clip is stored once.
+    Only shards holding a repeat are rewritten (atomically), so the usual cost is reading
+    the clip_id column.
+    """
+    files = [f for f in storage.list_files(storage.join(output, FEATURES_DIR), ".parquet")
+             if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    seen: set[str] = set()
+    removed = 0
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        ids = pq.read_table(path, filesystem=fs, columns=["clip_id"]).column("clip_id").to_pylist()
+        repeats = [i for i, cid in enumerate(ids) if cid in seen]
+        seen.update(ids)
+        if not repeats:
+            continue
+        table = pq.read_table(path, filesystem=fs)
+        keep = np.setdiff1d(np.arange(len(ids)), repeats)
+        removed += len(repeats)
+        if len(keep):
+            _write_table(table.take(pa.array(keep)).replace_schema_metadata(table.schema.metadata), uri)
+        else:
+            storage.delete(uri)
+    return removed
+
+
 def read_errors(output: str) -> pa.Table:
     table = _read_dir(storage.join(output, ERRORS_DIR))
     return ERROR_SCHEMA.empty_table() if table is None else table.select(ERROR_SCHEMA.names)
