@@ -68,6 +68,9 @@ class AudioEventEncoderConfig:
     dtype: DTypeName = "float32"
     chunks_per_forward: int = 8
 
+    def __post_init__(self) -> None:
+        check(self.chunks_per_forward > 0, "chunks_per_forward", "must be > 0")
+
 
 @dataclass(frozen=True)
 class EncodersConfig:

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from av_model.config import EncodersConfig
-from av_model.configlib import check, to_dict
+from av_model.configlib import ConfigError, check, to_dict
 from pipelines import jobs, shards, storage
-from pipelines.corpora import build_manifest
-from pipelines.corpora.base import ManifestResult, read_manifest
+from pipelines.corpora import ADAPTERS, build_manifest, jsonl
+from pipelines.corpora.base import ManifestResult, dedupe
 from pipelines.media import DecodeConfig
 
 log = logging.getLogger("avray.extract")
@@ -49,6 +49,9 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.path), "path", "must name a manifest or metadata file")
+        names = ["manifest", *sorted(ADAPTERS)]
+        check(self.name in names, "name", f"must be one of {names}, got {self.name!r}")
+        check(self.limit is None or self.limit > 0, "limit", "must be > 0 or null")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class DecodeStageConfig:
     def __post_init__(self) -> None:
         check(self.num_cpus > 0, "num_cpus", "must be > 0")
         check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.threads >= 0, "threads", "must be >= 0 (0: decoder's choice)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class ExtractConfig:
     events_pool: PoolConfig = field(default_factory=PoolConfig)
     max_duration_s: float | None = 600.0          # explicit cap; cut clips are counted
     rows_per_shard: int = 32                       # clips per parquet file
+    write_num_cpus: float = 0.1                    # per shard-writer task (mostly I/O)
     dtype: Literal["float16", "float32"] = "float16"
     retry_failed: bool = True                      # rerun: try previously failed clips again
     ray: jobs.RayConfig = field(default_factory=jobs.RayConfig)
@@ -97,18 +102,17 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         check(bool(self.output), "output", "must name a directory or s3:// prefix")
         check(self.rows_per_shard > 0, "rows_per_shard", "must be > 0")
+        check(self.write_num_cpus > 0, "write_num_cpus", "must be > 0")
         check(self.max_duration_s is None or self.max_duration_s > 0, "max_duration_s",
               "must be > 0 or null")
 
 
 def load_clips(corpus: CorpusConfig) -> ManifestResult:
-    if corpus.name == "manifest":
-        rows = read_manifest(corpus.path)
-        result = ManifestResult(rows=rows[:corpus.limit] if corpus.limit else rows)
-        from pipelines.corpora.base import dedupe
-
-        return dedupe(result)
+    """Manifest rows (validated; bad rows and missing local files become error rows)."""
     kwargs: dict[str, Any] = {"check_files": corpus.check_files, "limit": corpus.limit}
+    if corpus.name == "manifest":
+        load = jsonl.load_parquet if corpus.path.endswith(".parquet") else jsonl.load
+        return dedupe(load(corpus.path, corpus.media_root, **kwargs))
     if corpus.name != "jsonl" and corpus.split:
         kwargs["split"] = corpus.split
     return build_manifest(corpus.name, metadata=corpus.path, media_root=corpus.media_root,
@@ -163,7 +167,8 @@ def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: Decode
         ds = ds.map_batches(st.AudioEventStage, fn_constructor_kwargs={
             "cfg": enc.audio_events, "device": _device(cfg.events_pool),
             "threads": cfg.events_pool.threads}, **_pool_args(cfg.events_pool))
-    return ds.map_batches(st.write_batch, batch_size=cfg.rows_per_shard, num_cpus=0.25,
+    return ds.map_batches(st.write_batch, batch_size=cfg.rows_per_shard,
+                          num_cpus=cfg.write_num_cpus,
                           fn_kwargs={"output": cfg.output, "fps": enc.fps,
                                      "metadata": metadata, "dtype": cfg.dtype})
 
@@ -177,44 +182,93 @@ def pending_rows(cfg: ExtractConfig, manifest: ManifestResult) -> tuple[list[dic
     return rows, len(manifest.rows) - len(rows)
 
 
-def summarise(results: list[dict[str, Any]], skipped: int, manifest_errors: int,
+@dataclass
+class Tally:
+    """Running counts of the summary rows (kept small: no per-clip state on the driver)."""
+
+    ok: int = 0
+    truncated: int = 0
+    media_s: float = 0.0
+    failed: Counter = field(default_factory=Counter)
+
+    def add(self, batch: dict[str, Any]) -> None:
+        for err, dur, trunc in zip(batch["error"], batch["duration_s"], batch["truncated"]):
+            if err:
+                self.failed[str(err)] += 1
+            else:
+                self.ok += 1
+                self.truncated += bool(trunc)
+                self.media_s += float(dur)
+
+
+def summarise(tally: Tally, skipped: int, manifest_errors: list[dict[str, str]],
               seconds: float) -> dict[str, Any]:
-    ok = [r for r in results if not r["error"]]
-    failed = Counter(r["error"] for r in results if r["error"])
+    """The job's summary; failures are counted by reason whatever stage caught them."""
+    failed = dict(tally.failed + Counter(e["error"] for e in manifest_errors))
+    done = tally.ok + sum(tally.failed.values())
     return {
-        "clips_ok": len(ok), "clips_failed": sum(failed.values()) + manifest_errors,
-        "failed_by_reason": dict(failed, **({"manifest": manifest_errors} if manifest_errors else {})),
-        "clips_skipped_existing": skipped,
-        "clips_truncated": sum(1 for r in ok if r["truncated"]),
-        "media_hours": round(sum(r["duration_s"] for r in ok) / 3600.0, 4),
+        "clips_ok": tally.ok, "clips_failed": sum(failed.values()),
+        "failed_by_reason": failed, "clips_skipped_existing": skipped,
+        "clips_truncated": tally.truncated, "media_hours": round(tally.media_s / 3600.0, 4),
         "seconds": round(seconds, 2),
-        "clips_per_s": round(len(results) / seconds, 3) if seconds > 0 else 0.0,
+        "clips_per_s": round(done / seconds, 3) if seconds > 0 else 0.0,
     }
 
 
-def run(cfg: ExtractConfig) -> dict[str, Any]:
-    """Execute the job (Ray must be initialised); returns the summary dict."""
+@dataclass(frozen=True)
+class Plan:
+    """What pre-flight settled before any Ray work: the decode contract and shard metadata."""
+
+    decode: DecodeConfig
+    metadata: dict[str, Any]
+
+
+def preflight(cfg: ExtractConfig) -> Plan:
+    """Checks that need the encoders' config files but no Ray and no weights.
+
+    Raises ConfigError naming the field: a bad hidden-layer index, or an output that already
+    holds shards from other encoders (a rerun must not mix feature spaces).
+    """
     from av_model.encoders import visual_input_spec
 
+    try:
+        spec = visual_input_spec(cfg.encoders.visual)
+    except ConfigError as err:
+        raise ConfigError(f"encoders.visual.{err.field}", str(err).split(": ", 1)[1]) from None
+    decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
+                          resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s,
+                          threads=cfg.decode.threads)
+    metadata = feature_metadata(cfg, spec.image_size)
+    if storage.exists(storage.join(cfg.output, shards.FEATURES_DIR)):
+        try:
+            stored = shards.read_feature_metadata(cfg.output)
+        except FileNotFoundError:
+            stored = None
+        if stored is not None and stored != metadata:
+            changed = sorted(k for k in metadata if stored.get(k) != metadata[k])
+            raise ConfigError("output", f"{cfg.output} holds features from other settings "
+                              f"({', '.join(changed)} differ); use a new output")
+    return Plan(decode, metadata)
+
+
+def run(cfg: ExtractConfig, plan: Plan | None = None) -> dict[str, Any]:
+    """Execute the job (Ray must be initialised); returns the summary dict."""
+    plan = plan or preflight(cfg)
     storage.makedirs(cfg.output)
     for sub in (shards.FEATURES_DIR, shards.ERRORS_DIR):
         storage.clean_temp_files(storage.join(cfg.output, sub))
     manifest = load_clips(cfg.corpus)
     shards.write_errors(cfg.output, manifest.errors)
     rows, skipped = pending_rows(cfg, manifest)
-    spec = visual_input_spec(cfg.encoders.visual)
-    decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
-                          resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s,
-                          threads=cfg.decode.threads)
     log.info("%d clips to extract (%d already written, %d manifest errors) → %s",
              len(rows), skipped, len(manifest.errors), cfg.output)
     start = time.perf_counter()
-    results: list[dict[str, Any]] = []
+    tally = Tally()
     if rows:
-        ds = build_dataset(cfg, rows, decode, feature_metadata(cfg, spec.image_size))
+        ds = build_dataset(cfg, rows, plan.decode, plan.metadata)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            results.extend({k: batch[k][i] for k in batch} for i in range(len(batch["clip_id"])))
-    summary = summarise(results, skipped, len(manifest.errors), time.perf_counter() - start)
+            tally.add(batch)
+    summary = summarise(tally, skipped, manifest.errors, time.perf_counter() - start)
     summary["duplicates_removed"] = shards.dedupe_features(cfg.output)
     summary["errors_table_rows"] = shards.consolidate_errors(cfg.output).num_rows
     storage.write_bytes_atomic(storage.join(cfg.output, "summary.json"),
@@ -225,8 +279,14 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = jobs.parse_job_config(ExtractConfig, argv, __doc__)
+    plan = jobs.checked(preflight, cfg)
     with jobs.ray_session(cfg.ray):
-        return run(cfg)
+        summary = run(cfg, plan)
+    nothing_usable = summary["clips_ok"] == 0 and summary["clips_skipped_existing"] == 0
+    if nothing_usable and summary["clips_failed"] > 0:  # a scheduler must see this as failed
+        log.error("every clip failed; see %s", storage.join(cfg.output, shards.ERRORS_DIR))
+        raise SystemExit(1)
+    return summary
 
 
 if __name__ == "__main__":

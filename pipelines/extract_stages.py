@@ -16,6 +16,7 @@ import logging
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 
 from pipelines import shards
 from pipelines.corpora.base import error_row
@@ -49,7 +50,7 @@ def decode_batch(batch: Batch, decode: DecodeConfig) -> Batch:
         try:
             clip = decode_clip(row["uri"], decode, row.get("start_s"), row.get("end_s"))
         except MediaError as err:
-            stage = "fetch" if err.code == "missing_file" else "decode"
+            stage = "fetch" if err.code in ("missing_file", "fetch_failed") else "decode"
             code, message = err.code, str(err)
         except Exception as err:  # never let one file stop the job; keep the reason
             stage, code, message = "decode", type(err).__name__, str(err)[:500]
@@ -161,7 +162,7 @@ class AudioEventStage(_EncoderStage):
 def write_batch(batch: Batch, output: str, fps: float, metadata: dict[str, Any],
                 dtype: str) -> Batch:
     """Write ok rows as one feature shard and failed rows as one errors part; summarise."""
-    ok_rows, err_rows = [], []
+    ok_rows, err_rows, failed = [], [], set()
     for i in range(len(batch["clip_id"])):
         row = json.loads(batch["manifest"][i])
         if _failed(batch, i):
@@ -177,7 +178,18 @@ def write_batch(batch: Batch, output: str, fps: float, metadata: dict[str, Any],
             if col in batch:
                 feat[col] = batch[col][i]
         ok_rows.append(feat)
-    shards.write_features(output, ok_rows, metadata, dtype)
+    try:
+        shards.write_features(output, ok_rows, metadata, dtype)
+    except (pa.ArrowException, ValueError, TypeError):  # isolate the row Arrow rejects
+        log.exception("a shard failed to build; writing its rows one by one")
+        for row in ok_rows:
+            try:
+                shards.write_features(output, [row], metadata, dtype)
+            except (pa.ArrowException, ValueError, TypeError) as err:
+                err_rows.append(error_row(row["clip_id"], row["uri"], "write",
+                                          type(err).__name__, str(err)[:500]))
+                failed.add(row["clip_id"])
     shards.write_errors(output, err_rows)
-    return {"clip_id": batch["clip_id"], "error": batch["error"],
+    errors = [("write" if cid in failed else e) for cid, e in zip(batch["clip_id"], batch["error"])]
+    return {"clip_id": batch["clip_id"], "error": np.asarray(errors, dtype=object),
             "duration_s": batch["duration_s"], "truncated": batch["truncated"]}

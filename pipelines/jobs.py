@@ -12,11 +12,12 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from av_model.configlib import ConfigError, load_config
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Torch/BLAS threads per Ray worker process: two busy processes per core at most (we
 # measured a 100× slowdown on 2 cores when every worker used all of them).
@@ -55,6 +56,15 @@ def parse_job_config(cls: type[T], argv: list[str] | None, doc: str | None) -> T
         parser.exit(2, f"error: {err}\n")
 
 
+def checked(fn: Callable[[T], R], cfg: T) -> R:
+    """Run a pre-flight check; a ConfigError exits 2 with its message, before Ray starts."""
+    try:
+        return fn(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Use the running Ray (or the cluster named by address), else start a local one."""
@@ -65,7 +75,11 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if not ray.is_initialized():
         env = {"env_vars": {**WORKER_ENV, **_pythonpath()}}
         address = cfg.address or os.environ.get("RAY_ADDRESS")
-        if address:
+        if _JOB_CONFIG_ENV in os.environ:
+            # Under `ray job submit` the job's own runtime_env (cluster/runtime_env.yaml) is in
+            # force; Ray refuses a driver env_var that the job also sets, so add nothing.
+            ray.init(address=address or "auto")
+        elif address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
             ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard,
@@ -77,6 +91,9 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def _pythonpath() -> dict[str, str]:

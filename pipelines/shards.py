@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from typing import Any
 
@@ -67,13 +68,23 @@ def _write_table(table: pa.Table, uri: str) -> str:
     return uri
 
 
+def _part_name() -> str:
+    """Names sort by creation time, so "first file wins" and "newest error wins" hold."""
+    return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def _shard_files(directory: str) -> list[str]:
+    """Complete parquet files in a directory (temp files of unfinished writes excluded)."""
+    return [f for f in storage.list_files(directory, ".parquet")
+            if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+
+
 def write_features(output: str, rows: list[dict[str, Any]], metadata: dict[str, Any],
                    dtype: str = "float16") -> str | None:
     if not rows:
         return None
-    name = f"part-{uuid.uuid4().hex}.parquet"
     return _write_table(feature_table(rows, metadata, dtype),
-                        storage.join(output, FEATURES_DIR, name))
+                        storage.join(output, FEATURES_DIR, _part_name()))
 
 
 def write_errors(output: str, rows: list[dict[str, str]]) -> str | None:
@@ -81,12 +92,11 @@ def write_errors(output: str, rows: list[dict[str, str]]) -> str | None:
         return None
     table = pa.Table.from_pylist([{k: r.get(k) for k in ERROR_SCHEMA.names} for r in rows],
                                  schema=ERROR_SCHEMA)
-    return _write_table(table, storage.join(output, ERRORS_DIR, f"part-{uuid.uuid4().hex}.parquet"))
+    return _write_table(table, storage.join(output, ERRORS_DIR, _part_name()))
 
 
 def _read_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
-    files = [f for f in storage.list_files(uri, ".parquet")
-             if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    files = _shard_files(uri)
     if not files:
         return None
     fs, _ = storage.filesystem(uri)
@@ -108,8 +118,7 @@ def dedupe_features(output: str) -> int:
     Only shards holding a repeat are rewritten (atomically), so the usual cost is reading
     the clip_id column.
     """
-    files = [f for f in storage.list_files(storage.join(output, FEATURES_DIR), ".parquet")
-             if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    files = _shard_files(storage.join(output, FEATURES_DIR))
     seen: set[str] = set()
     removed = 0
     for uri in files:
@@ -142,7 +151,7 @@ def consolidate_errors(output: str) -> pa.Table:
     """
     err_dir = storage.join(output, ERRORS_DIR)
     main_file = storage.join(err_dir, ERRORS_FILE)
-    parts = [f for f in storage.list_files(err_dir, ".parquet") if f.rsplit("/", 1)[-1] != ERRORS_FILE]
+    parts = [f for f in _shard_files(err_dir) if f.rsplit("/", 1)[-1] != ERRORS_FILE]
     tables = []
     for uri in ([main_file] if storage.exists(main_file) else []) + parts:
         fs, path = storage.filesystem(uri)
@@ -162,7 +171,7 @@ def consolidate_errors(output: str) -> pa.Table:
 
 def read_feature_metadata(output: str) -> dict[str, Any]:
     """Encoder identities and dims stored in the shards' parquet metadata."""
-    files = storage.list_files(storage.join(output, FEATURES_DIR), ".parquet")
+    files = _shard_files(storage.join(output, FEATURES_DIR))
     if not files:
         raise FileNotFoundError(f"no feature shards under {output}")
     fs, path = storage.filesystem(files[0])

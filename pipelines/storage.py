@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import IO, Iterator
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
@@ -37,8 +38,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         kwargs = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+            parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             kwargs["region"] = region

@@ -21,6 +21,7 @@ from av_model.config import AudioEncoderConfig, AudioEventEncoderConfig
 from av_model.encoders.common import FrozenEncoder, default_device, freeze, torch_dtype
 
 SAMPLE_RATE = 16000
+_MIN_FBANK_SAMPLES = 400  # one 25 ms analysis frame at 16 kHz
 
 
 def whisper_frame_rate(name_or_path: str) -> float:
@@ -138,6 +139,9 @@ class AudioEventEncoder(_ChunkedAudioEncoder):
         return int(self.model.config.hidden_size)
 
     def _encode_windows(self, windows: list[np.ndarray]) -> torch.Tensor:
+        # The Kaldi fbank needs one full 25 ms frame; pad shorter tails with silence (the
+        # caller keeps only ceil(len / hop) outputs, so padding adds no frames).
+        windows = [np.pad(w, (0, max(0, _MIN_FBANK_SAMPLES - len(w)))) for w in windows]
         feats = self.extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         x = feats.input_values.to(self.device, self.dtype)  # (w, max_length, n_mels)
         hidden = self.model(input_values=x).last_hidden_state[:, 2:]  # drop cls + distill

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
 from av_model.config import VisualEncoderConfig
+from av_model.configlib import check
 from av_model.encoders.common import FrozenEncoder, default_device, freeze, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,14 @@ def _processor_stats(name_or_path: str) -> tuple[tuple, tuple]:
 
 
 def visual_input_spec(cfg: VisualEncoderConfig) -> VisualInputSpec:
+    """Read (and check against ``cfg``) the tower's input contract from its config files."""
     hf = AutoConfig.from_pretrained(cfg.name_or_path)
+    vision = _vision_config(hf)
+    depth = int(vision.num_hidden_layers) + 1  # hidden_states: embeddings + every layer
+    check(-depth <= cfg.layer < depth, "layer",
+          f"{cfg.name_or_path} has hidden states 0..{depth - 1}, got {cfg.layer}")
     mean, std = _processor_stats(cfg.name_or_path)
-    return VisualInputSpec(int(_vision_config(hf).image_size), mean, std, hf.model_type)
+    return VisualInputSpec(int(vision.image_size), mean, std, hf.model_type)
 
 
 def _load_tower(name_or_path: str, model_type: str, dtype: torch.dtype):

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import posixpath
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from pipelines import storage
 from pipelines.corpora.base import ManifestResult, check_media, error_row, manifest_row
@@ -38,29 +38,60 @@ _KNOWN = {"clip_id", "start_s", "end_s", "source", "split", "caption", "labels",
 def load(metadata: str, media_root: str | None = None, *, check_files: bool = True,
          limit: int | None = None) -> ManifestResult:
     """Read a JSONL manifest-like file into manifest rows; ``limit`` caps rows + errors."""
-    base = media_root if media_root is not None else _parent(metadata)
-    result = ManifestResult()
     with storage.open_input(metadata) as raw:
-        for line_no, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8-sig"), start=1):
-            if not line.strip():
-                continue
-            if limit is not None and len(result.rows) + len(result.errors) >= limit:
-                break
-            obj: Any = None
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                row = _to_row(obj, base)
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                clip_id = obj.get("clip_id") if isinstance(obj, dict) else None
-                result.errors.append(error_row(
-                    str(clip_id or f"jsonl_line{line_no}"), metadata, "manifest",
-                    "bad_metadata", f"line {line_no} of {metadata}: {err}"))
-                continue
-            check_media(result, row, check_files)
+        lines = io.TextIOWrapper(raw, encoding="utf-8-sig")
+        result = load_records(_json_objects(lines), metadata, media_root, check_files=check_files,
+                              limit=limit)
     log.info("jsonl: %d rows, %d errors from %s", len(result.rows), len(result.errors), metadata)
     return result
+
+
+def load_parquet(metadata: str, media_root: str | None = None, *, check_files: bool = True,
+                 limit: int | None = None) -> ManifestResult:
+    """A parquet manifest, validated row by row like JSONL (NaN counts as missing)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(metadata)
+    records = ((i, _nan_to_none(r)) for i, r in
+               enumerate(pq.read_table(path, filesystem=fs).to_pylist(), start=1))
+    return load_records(records, metadata, media_root, check_files=check_files, limit=limit)
+
+
+def load_records(records: Iterable[tuple[int, Any]], origin: str, media_root: str | None, *,
+                 check_files: bool = True, limit: int | None = None) -> ManifestResult:
+    """(row number, object) pairs → manifest rows, or bad_metadata errors naming the row."""
+    base = media_root if media_root is not None else _parent(origin)
+    result = ManifestResult()
+    for line_no, obj in records:
+        if limit is not None and len(result.rows) + len(result.errors) >= limit:
+            break
+        try:
+            if isinstance(obj, Exception):
+                raise obj
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            row = _to_row(obj, base)
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            clip_id = obj.get("clip_id") if isinstance(obj, dict) else None
+            result.errors.append(error_row(
+                str(clip_id or f"jsonl_line{line_no}"), origin, "manifest",
+                "bad_metadata", f"line {line_no} of {origin}: {err}"))
+            continue
+        check_media(result, row, check_files)
+    return result
+
+
+def _json_objects(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    for line_no, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield line_no, json.loads(line)
+            except ValueError as err:
+                yield line_no, err
+
+
+def _nan_to_none(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
 def _parent(uri: str) -> str:
@@ -95,6 +126,11 @@ def _to_row(obj: dict[str, Any], base: str) -> dict[str, Any]:
                                    and all(isinstance(x, str) for x in labels)):
         raise ValueError("labels must be a list of strings")
     meta = obj.get("meta")
+    if isinstance(meta, str):  # manifests written by avray hold meta as JSON text
+        try:
+            meta = json.loads(meta)
+        except ValueError as err:
+            raise ValueError(f"meta is not valid JSON: {err}") from None
     if meta is not None and not isinstance(meta, dict):
         raise ValueError("meta must be an object")
     extras = {k: v for k, v in obj.items() if k not in _KNOWN and k != uri_key}

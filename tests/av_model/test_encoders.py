@@ -44,7 +44,7 @@ def test_whisper_lengths_any_duration(whisper):
     # Tiny Whisper has a 5 s window: 12 s spans three windows, nothing is dropped.
     assert whisper.window_samples == 80000 and whisper_frame_rate is not None
     rng = np.random.default_rng(1)
-    lengths = [16000 * 12, 93680, 320, 0]
+    lengths = [16000 * 12, 93680, 160000, 80000, 320, 1, 0]  # incl. exact window multiples
     outs = whisper.encode([rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths])
     assert [o.shape for o in outs] == [(math.ceil(n / 320), 32) for n in lengths]
 
@@ -63,8 +63,10 @@ def test_whisper_windows_are_independent_of_batching(whisper):
 def test_audio_event_encoder_is_time_resolved(tiny_encoders):
     enc = AudioEventEncoder(AudioEventEncoderConfig(tiny_encoders["audio_events"]), device="cpu")
     assert enc.frame_rate == events_frame_rate(tiny_encoders["audio_events"]) == 10.0
-    outs = enc.encode([np.zeros(16000 * 5, np.float32), np.zeros(1000, np.float32)])
-    assert [o.shape for o in outs] == [(50, 32), (1, 32)]
+    window = enc.window_samples  # 19 tokens × 1600 samples
+    lengths = [16000 * 5, 1000, window, window + 100, 2 * window, 100, 1, 0]
+    outs = enc.encode([np.zeros(n, np.float32) for n in lengths])
+    assert [o.shape for o in outs] == [(math.ceil(n / 1600), 32) for n in lengths]
 
 
 def test_encoders_are_frozen(whisper, tiny_encoders):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -46,7 +47,10 @@ def corpus(tmp_path_factory, shared_media) -> dict:
         **broken, "missing": root / "missing.mp4",
     }
     rows += [manifest_row(name, str(path), "test") for name, path in extra.items()]
+    rows.append(manifest_row("window", rows[0]["uri"], "test", start_s=1.0, end_s=4.0))
     manifest = write_manifest(rows, str(root / "manifest.jsonl"))
+    with open(manifest, "a") as f:  # a row no adapter would write: a number as the caption
+        f.write(json.dumps({"clip_id": "bad_row", "uri": rows[0]["uri"], "caption": 7}) + "\n")
     return {"manifest": manifest, "rows": rows, "root": root}
 
 
@@ -57,18 +61,19 @@ def _features(output: str):
 def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
     out = str(tmp_path / "features")
     summary = extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders))
-    n_ok = N_SYNTH + 2
-    assert summary["clips_ok"] == n_ok and summary["clips_failed"] == 4
+    n_ok = N_SYNTH + 3
+    assert summary["clips_ok"] == n_ok and summary["clips_failed"] == 5
     assert summary["failed_by_reason"] == {"corrupt_or_unsupported": 2, "empty_file": 1,
-                                           "missing_file": 1}
+                                           "missing_file": 1, "bad_metadata": 1}
     feats = _features(out)
     assert sorted(r["clip_id"] for r in feats) == sorted(
         r["clip_id"] for r in corpus["rows"] if r["clip_id"] not in
         {"corrupt", "empty", "text", "missing"})
     errors = shards.read_errors(out).to_pylist()
     assert sorted((e["clip_id"], e["stage"], e["error"]) for e in errors) == [
+        ("bad_row", "manifest", "bad_metadata"),
         ("corrupt", "decode", "corrupt_or_unsupported"), ("empty", "decode", "empty_file"),
-        ("missing", "fetch", "missing_file"), ("text", "decode", "corrupt_or_unsupported")]
+        ("missing", "manifest", "missing_file"), ("text", "decode", "corrupt_or_unsupported")]
     by_id = {r["clip_id"]: r for r in corpus["rows"]}
     no_audio = [r for r in feats if not r["has_audio"]]
     assert {r["clip_id"] for r in no_audio} >= {"silent_video"} and len(no_audio) >= 2
@@ -84,8 +89,14 @@ def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
         assert (row["caption"], row["conversations"], row["split"]) == (
             src["caption"], src["conversations"], src["split"])
         if src["end_s"]:
-            assert d == pytest.approx(src["end_s"], abs=0.11)
-    assert {r["clip_id"]: r["duration_s"] for r in feats}["speech_flac"] == pytest.approx(5.855)
+            assert d == pytest.approx(src["end_s"] - (src["start_s"] or 0.0), abs=0.11)
+    durations = {r["clip_id"]: r["duration_s"] for r in feats}
+    assert durations["speech_flac"] == pytest.approx(5.855)
+    assert durations["window"] == pytest.approx(3.0)
+    window = next(r for r in feats if r["clip_id"] == "window")
+    whole = next(r for r in feats if r["clip_id"] == corpus["rows"][0]["clip_id"])
+    # The window's frames are the whole clip's frames from t = 1 s on (2 slots later).
+    np.testing.assert_array_equal(np.asarray(window["video"]), np.asarray(whole["video"])[2:8])
     meta = shards.read_feature_metadata(out)
     assert meta["encoders"]["visual"]["name_or_path"] == tiny_encoders["visual"]
     assert (meta["fps"], meta["audio_rate_hz"], meta["frame_size"]) == (2.0, 50.0, 32)
@@ -99,11 +110,17 @@ def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
 
     # A rerun skips what is written and retries (and again records) the failures.
     again = extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders))
-    assert (again["clips_skipped_existing"], again["clips_ok"], again["clips_failed"]) == (n_ok, 0, 4)
-    assert len(_features(out)) == n_ok and shards.read_errors(out).num_rows == 4
+    assert (again["clips_skipped_existing"], again["clips_ok"], again["clips_failed"]) == (n_ok, 0, 5)
+    assert len(_features(out)) == n_ok and shards.read_errors(out).num_rows == 5
     skip = extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders,
                                             "retry_failed=false"))
-    assert skip["clips_skipped_existing"] == n_ok + 4 and skip["clips_failed"] == 0
+    assert skip["clips_skipped_existing"] == n_ok + 3 and skip["clips_failed"] == 2
+
+    # Other encoder settings into the same output would mix feature spaces: refused.
+    with pytest.raises(SystemExit) as exit_info:
+        extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders,
+                                         "encoders.visual.token_mode=cls"))
+    assert exit_info.value.code == 2
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
@@ -188,7 +205,7 @@ def test_webvid_adapter_into_extraction(tiny_encoders, ray_local, tmp_path, shar
     summary = extract_features.main(_overrides(
         str(shared_media / "webvid_sample.csv"), out, tiny_encoders, "corpus.name=webvid",
         f"corpus.media_root={tmp_path / 'videos'}"))
-    assert summary["clips_ok"] == 2 and summary["failed_by_reason"] == {"manifest": 18}
+    assert summary["clips_ok"] == 2 and summary["failed_by_reason"] == {"missing_file": 18}
     feats = {r["clip_id"]: r for r in _features(out)}
     assert feats[f"webvid_{sample[0]['videoid']}"]["caption"] == sample[0]["name"]
     errors = shards.read_errors(out).to_pylist()
@@ -197,11 +214,24 @@ def test_webvid_adapter_into_extraction(tiny_encoders, ray_local, tmp_path, shar
 
 @pytest.mark.parametrize("override,field", [("visual_pool.batch_size=0", "visual_pool.batch_size"),
                                             ("corpus.pth=x", "corpus.pth"),
-                                            ("encoders.fps=-1", "encoders.fps")])
-def test_bad_config_fails_before_any_work(tmp_path, override, field):
+                                            ("corpus.name=webvidd", "corpus.name"),
+                                            ("encoders.fps=-1", "encoders.fps"),
+                                            ("encoders.visual.layer=9", "encoders.visual.layer")])
+def test_bad_config_fails_before_any_work(tmp_path, tiny_encoders, override, field):
     out = tmp_path / "never"
     res = subprocess.run([sys.executable, "-m", "pipelines.extract_features", "--config", CONFIG,
-                          f"output={out}", override], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+                          f"output={out}", "corpus.path=/nowhere.jsonl",
+                          f"encoders.visual.name_or_path={tiny_encoders['visual']}", override],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and f"'{field}'" in res.stderr
     assert not out.exists()
+
+
+def test_job_fails_when_every_clip_fails(tmp_path, tiny_encoders, ray_local):
+    bad = make_broken(tmp_path)
+    manifest = write_manifest([manifest_row(k, str(p), "test") for k, p in bad.items()],
+                              str(tmp_path / "m.jsonl"))
+    with pytest.raises(SystemExit) as exit_info:
+        extract_features.main(_overrides(manifest, str(tmp_path / "out"), tiny_encoders))
+    assert exit_info.value.code == 1
+    assert shards.read_errors(str(tmp_path / "out")).num_rows == 3

@@ -40,3 +40,10 @@ def test_errors_consolidate_newest_and_drop_recovered(tmp_path):
     table = shards.consolidate_errors(out)
     assert table.to_pylist() == [error_row("x", "/x", "fetch", "missing_file", "m")]
     assert [p.name for p in (tmp_path / "errors").iterdir()] == ["errors.parquet"]
+
+
+def test_error_parts_fold_in_creation_order(tmp_path):
+    out = str(tmp_path)
+    for reason in ("first", "second", "third"):
+        shards.write_errors(out, [error_row("z", "/z", "decode", reason, "m")])
+    assert shards.consolidate_errors(out).column("error").to_pylist() == ["third"]
