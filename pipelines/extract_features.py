@@ -76,11 +76,15 @@ class DecodeStageConfig:
     num_cpus: float = 0.5     # per decode task
     batch_size: int = 2       # clips per decode task
     threads: int = 1          # decoder threads per clip
+    # Cap on concurrent decode tasks (None: as many as the CPU shares allow). Fractional
+    # shares pack more tasks than cores on small hosts, and they thrash.
+    max_tasks: int | None = None
 
     def __post_init__(self) -> None:
         check(self.num_cpus > 0, "num_cpus", "must be > 0")
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(self.threads >= 0, "threads", "must be >= 0 (0: decoder's choice)")
+        check(self.max_tasks is None or self.max_tasks > 0, "max_tasks", "must be > 0 or null")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class ExtractConfig:
     write_num_cpus: float = 0.1                    # per shard-writer task (mostly I/O)
     dtype: Literal["float16", "float32"] = "float16"
     retry_failed: bool = True                      # rerun: try previously failed clips again
+    # One actor pool (visual_pool's settings) runs every encoder: one start-up instead of
+    # one per pool. Faster on small CPU hosts; keep separate pools to scale towers apart.
+    fuse_encoders: bool = False
     ray: jobs.RayConfig = field(default_factory=jobs.RayConfig)
 
     def __post_init__(self) -> None:
@@ -140,6 +147,15 @@ def _pool_args(pool: PoolConfig) -> dict[str, Any]:
             "batch_size": pool.batch_size}
 
 
+def decode_args(dec: DecodeStageConfig) -> dict[str, Any]:
+    from ray.data import TaskPoolStrategy
+
+    args: dict[str, Any] = {"batch_size": dec.batch_size, "num_cpus": dec.num_cpus}
+    if dec.max_tasks:
+        args["compute"] = TaskPoolStrategy(size=dec.max_tasks)
+    return args
+
+
 def _device(pool: PoolConfig) -> str:
     return "cuda" if pool.num_gpus > 0 else "cpu"
 
@@ -154,9 +170,15 @@ def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: Decode
     items = [{"clip_id": r["clip_id"], "uri": r["uri"], "manifest": json.dumps(r)} for r in rows]
     blocks = max(1, min(len(items), 200, len(items) // cfg.decode.batch_size))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode},
-                        batch_size=cfg.decode.batch_size, num_cpus=cfg.decode.num_cpus)
+    ds = ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode}, **decode_args(cfg.decode))
     enc, has_events = cfg.encoders, bool(cfg.encoders.audio_events.name_or_path)
+    if cfg.fuse_encoders:
+        ds = ds.map_batches(st.FusedEncodeStage, fn_constructor_kwargs={
+            "visual": enc.visual, "audio": enc.audio,
+            "events": enc.audio_events if has_events else None,
+            "device": _device(cfg.visual_pool), "threads": cfg.visual_pool.threads},
+            **_pool_args(cfg.visual_pool))
+        return _add_writer(ds, cfg, metadata)
     ds = ds.map_batches(st.VisualStage, fn_constructor_kwargs={
         "cfg": enc.visual, "device": _device(cfg.visual_pool),
         "threads": cfg.visual_pool.threads}, **_pool_args(cfg.visual_pool))
@@ -167,9 +189,15 @@ def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: Decode
         ds = ds.map_batches(st.AudioEventStage, fn_constructor_kwargs={
             "cfg": enc.audio_events, "device": _device(cfg.events_pool),
             "threads": cfg.events_pool.threads}, **_pool_args(cfg.events_pool))
+    return _add_writer(ds, cfg, metadata)
+
+
+def _add_writer(ds, cfg: ExtractConfig, metadata: dict[str, Any]):
+    from pipelines import extract_stages as st
+
     return ds.map_batches(st.write_batch, batch_size=cfg.rows_per_shard,
                           num_cpus=cfg.write_num_cpus,
-                          fn_kwargs={"output": cfg.output, "fps": enc.fps,
+                          fn_kwargs={"output": cfg.output, "fps": cfg.encoders.fps,
                                      "metadata": metadata, "dtype": cfg.dtype})
 
 

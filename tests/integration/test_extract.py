@@ -140,8 +140,9 @@ def test_killed_run_then_rerun_leaves_each_clip_once(corpus, tiny_encoders, ray_
     synth_rows = [r for r in corpus["rows"] if r["clip_id"].startswith("synth_")]
     manifest = write_manifest(synth_rows, str(tmp_path / "m.jsonl"))
     cmd = [sys.executable, "-m", "pipelines.extract_features",
-           *_overrides(manifest, str(out), tiny_encoders, "rows_per_shard=2",
-                       "decode.batch_size=1", "ray.num_cpus=2")]
+           *_overrides(manifest, str(out), tiny_encoders, "rows_per_shard=2",  # stream clip
+                       "decode.batch_size=1", "decode.max_tasks=1",  # by clip, so shards
+                       "visual_pool.batch_size=1", "ray.num_cpus=2")]  # land one by one
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -164,21 +165,22 @@ def test_killed_run_then_rerun_leaves_each_clip_once(corpus, tiny_encoders, ray_
     assert not list(feature_dir.glob(".tmp-*"))
 
 
-def test_extract_s3_to_s3_with_audio_events(corpus, tiny_encoders, ray_local, s3_server):
+@pytest.mark.parametrize("fused", [True, False])
+def test_extract_s3_to_s3_with_audio_events(corpus, tiny_encoders, ray_local, s3_server, fused):
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="corpus")
+    bucket = f"corpus-{'fused' if fused else 'pools'}"
+    s3.create_bucket(Bucket=bucket)
     rows = []
     for row in [r for r in corpus["rows"] if r["clip_id"].startswith("synth_")][:3]:
         key = f"media/{row['clip_id']}.mp4"
-        s3.upload_file(row["uri"], "corpus", key)
-        rows.append({**row, "uri": f"s3://corpus/{key}"})
-    rows.append(manifest_row("gone", "s3://corpus/media/gone.mp4", "test"))
-    write_manifest(rows, "s3://corpus/manifest.parquet")
-    assert [r["clip_id"] for r in read_manifest("s3://corpus/manifest.parquet")] == [
-        r["clip_id"] for r in rows]
-    out = "s3://corpus/features"
+        s3.upload_file(row["uri"], bucket, key)
+        rows.append({**row, "uri": f"s3://{bucket}/{key}"})
+    rows.append(manifest_row("gone", f"s3://{bucket}/media/gone.mp4", "test"))
+    manifest = write_manifest(rows, f"s3://{bucket}/manifest.parquet")
+    assert [r["clip_id"] for r in read_manifest(manifest)] == [r["clip_id"] for r in rows]
+    out = f"s3://{bucket}/features"
     summary = extract_features.main(_overrides(
-        "s3://corpus/manifest.parquet", out, tiny_encoders,
+        manifest, out, tiny_encoders, f"fuse_encoders={str(fused).lower()}",
         f"encoders.audio_events.name_or_path={tiny_encoders['audio_events']}"))
     assert (summary["clips_ok"], summary["failed_by_reason"]) == (3, {"missing_file": 1})
     assert shards.written_clip_ids(out) == {r["clip_id"] for r in rows[:3]}
@@ -202,9 +204,9 @@ def test_webvid_adapter_into_extraction(tiny_encoders, ray_local, tmp_path, shar
         target.parent.mkdir(parents=True, exist_ok=True)
         make_video(target, 2.0)
     out = str(tmp_path / "features")
-    summary = extract_features.main(_overrides(
+    summary = extract_features.main(_overrides(  # separate visual and audio actor pools
         str(shared_media / "webvid_sample.csv"), out, tiny_encoders, "corpus.name=webvid",
-        f"corpus.media_root={tmp_path / 'videos'}"))
+        f"corpus.media_root={tmp_path / 'videos'}", "fuse_encoders=false"))
     assert summary["clips_ok"] == 2 and summary["failed_by_reason"] == {"missing_file": 18}
     feats = {r["clip_id"]: r for r in _features(out)}
     assert feats[f"webvid_{sample[0]['videoid']}"]["caption"] == sample[0]["name"]

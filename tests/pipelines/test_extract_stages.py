@@ -19,14 +19,14 @@ def _batch(n: int) -> dict:
 def test_visual_stage_isolates_a_bad_clip(tiny_encoders):
     stage = st.VisualStage(VisualEncoderConfig(tiny_encoders["visual"]), "cpu")
     batch = _batch(3)
-    batch["frames"] = st._objects([np.zeros((2, 32, 32, 3), np.uint8),
-                                   np.zeros((3, 16, 16, 3), np.uint8),  # wrong size
-                                   np.zeros((0, 32, 32, 3), np.uint8)])  # no video
+    batch["frames"] = st._objects([np.zeros((2, 32, 32, 3), np.uint8).tobytes(),
+                                   np.zeros((3, 10, 10, 3), np.uint8).tobytes(),  # wrong size
+                                   b""])  # no video
     out = stage(batch)
     assert "frames" not in out
     assert [v.shape for v in out["video"]] == [(2, 17, 32), (0, 17, 32), (0, 17, 32)]
     assert list(out["error"]) == ["", "ValueError", ""]
-    assert out["error_stage"][1] == "encode_video" and "frames must be" in out["message"][1]
+    assert out["error_stage"][1] == "encode_video" and "reshape" in out["message"][1]
     assert out["video"][0].dtype == np.float16
 
 
@@ -34,6 +34,6 @@ def test_audio_stage_keeps_waveform_for_the_event_stage(tiny_encoders):
     stage = st.AudioStage(AudioEncoderConfig(tiny_encoders["audio"]), "cpu", drop_input=False)
     batch = _batch(2)
     batch["error"] = np.array(["", "corrupt_or_unsupported"])  # failed upstream: skipped
-    batch["waveform"] = st._objects([np.zeros(16000, np.float32), np.zeros(0, np.float32)])
+    batch["waveform"] = st._objects([np.zeros(16000, np.float32).tobytes(), b""])
     out = stage(batch)
     assert [a.shape for a in out["audio"]] == [(50, 32), (0, 32)] and "waveform" in out
