@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -168,7 +169,8 @@ def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: Decode
     from pipelines import extract_stages as st
 
     items = [{"clip_id": r["clip_id"], "uri": r["uri"], "manifest": json.dumps(r)} for r in rows]
-    blocks = max(1, min(len(items), 200, len(items) // cfg.decode.batch_size))
+    # One input block per decode batch (at most 200), so short runs still decode in parallel.
+    blocks = max(1, min(200, math.ceil(len(items) / cfg.decode.batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode}, **decode_args(cfg.decode))
     enc, has_events = cfg.encoders, bool(cfg.encoders.audio_events.name_or_path)
