@@ -274,11 +274,23 @@ def preflight(cfg: ExtractConfig) -> Plan:
             stored = shards.read_feature_metadata(cfg.output)
         except FileNotFoundError:
             stored = None
-        if stored is not None and stored != metadata:
-            changed = sorted(k for k in metadata if stored.get(k) != metadata[k])
+        if stored is not None and _identity(stored) != _identity(metadata):
+            changed = sorted(k for k in metadata
+                             if _identity(stored).get(k) != _identity(metadata)[k])
             raise ConfigError("output", f"{cfg.output} holds features from other settings "
                               f"({', '.join(changed)} differ); use a new output")
     return Plan(decode, metadata)
+
+
+_BATCHING_KEYS = ("frames_per_forward", "chunks_per_forward")
+
+
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata minus batching knobs: what two runs must share to write the same features."""
+    encoders = {name: {k: v for k, v in part.items() if k not in _BATCHING_KEYS}
+                if isinstance(part, dict) else part
+                for name, part in meta.get("encoders", {}).items()}
+    return {**meta, "encoders": encoders}
 
 
 def run(cfg: ExtractConfig, plan: Plan | None = None) -> dict[str, Any]:

@@ -116,6 +116,10 @@ def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
                                             "retry_failed=false"))
     assert skip["clips_skipped_existing"] == n_ok + 3 and skip["clips_failed"] == 2
 
+    # Batching knobs may change between runs; feature-shaping settings may not.
+    tuned = extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders,
+                                             "encoders.visual.frames_per_forward=4"))
+    assert tuned["clips_skipped_existing"] == n_ok
     # Other encoder settings into the same output would mix feature spaces: refused.
     with pytest.raises(SystemExit) as exit_info:
         extract_features.main(_overrides(corpus["manifest"], out, tiny_encoders,
