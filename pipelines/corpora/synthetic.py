@@ -344,7 +344,7 @@ def manifest_row_for(cfg: SynthConfig, plan: dict[str, Any], path: str) -> dict[
 
 
 def generate(cfg: SynthConfig, out_dir: str, *, workers: int = 1) -> list[dict[str, Any]]:
-    """Write ``{out_dir}/media/synth_XXXXX.mp4`` and ``{out_dir}/manifest.jsonl``; return the rows.
+    """Write ``{out_dir}/media/synth_{index:05d}.mp4`` and ``{out_dir}/manifest.jsonl``; return the rows.
 
     Clips whose mp4 already carries the same content hash are not rendered again.
     """
