@@ -7,6 +7,7 @@ a clip before the connector runs (``tokens_for``), so every connector answers bo
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,13 @@ class ConnectorOutput:
     aux_loss: Tensor  # () scalar auxiliary loss (e.g. diversity); 0 when unused
 
 
-class Connector(nn.Module):
+class Connector(nn.Module, abc.ABC):
     """Abstract base: subclasses implement ``forward`` and ``tokens_for``."""
 
-    def forward(self, batch: SyncedBatch) -> ConnectorOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, batch: SyncedBatch) -> ConnectorOutput:
+        """Slot-aligned features → (B, N, D_llm) embeddings, lengths and auxiliary loss."""
 
-    def tokens_for(self, num_slots: int) -> int:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def tokens_for(self, num_slots: int) -> int:
         """LLM tokens a sample with ``num_slots`` slots gets (must equal its ``lengths``)."""
-        raise NotImplementedError
