@@ -18,13 +18,12 @@ files already cut to the window pass ``windowed=False`` (start_s=0, end_s=10).
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 
 from pipelines import storage
-from pipelines.corpora.base import ManifestResult, check_media, error_row, manifest_row
+from pipelines.corpora.base import (ManifestResult, at_limit, check_media, csv_records,
+                                    error_row, manifest_row)
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +47,13 @@ def load(metadata: str, media_root: str, *, split: str | None = None,
         raise ValueError(f"bad filename_template {filename_template!r}: {err!r}") from err
     result = ManifestResult()
     split = split or "train"
-    with storage.open_input(metadata) as raw:
-        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{metadata}: not an AudioCaps CSV, header lacks {missing}")
-        for rec in reader:
-            if limit is not None and len(result.rows) + len(result.errors) >= limit:
-                break
-            row = _to_row(result, rec, reader.line_num, metadata, media_root, split,
-                          filename_template, windowed)
-            if row is not None:
-                check_media(result, row, check_files)
+    for line, rec in csv_records(metadata, COLUMNS, "AudioCaps"):
+        if at_limit(result, limit):
+            break
+        row = _to_row(result, rec, line, metadata, media_root, split, filename_template,
+                      windowed)
+        if row is not None:
+            check_media(result, row, check_files)
     log.info("audiocaps: %d rows, %d errors from %s", len(result.rows), len(result.errors),
              metadata)
     return result

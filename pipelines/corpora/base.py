@@ -15,11 +15,12 @@ error row and go on, so one broken line cannot sink a 10-million-row ingest.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.json as pajson
@@ -83,6 +84,26 @@ class ManifestResult:
     def extend(self, other: "ManifestResult") -> None:
         self.rows.extend(other.rows)
         self.errors.extend(other.errors)
+
+
+def csv_records(metadata: str, columns: Iterable[str], corpus: str
+                ) -> Iterator[tuple[int, dict[str, str | None]]]:
+    """(line number, record) pairs of a headed CSV, streamed (metadata files can be huge).
+
+    A header without the corpus's columns means the wrong file, not a bad row: ValueError.
+    """
+    with storage.open_input(metadata) as raw:
+        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{metadata}: not a {corpus} CSV, header lacks {missing}")
+        for rec in reader:
+            yield reader.line_num, rec
+
+
+def at_limit(result: "ManifestResult", limit: int | None) -> bool:
+    """True once ``limit`` rows + errors have been produced (``limit`` None: never)."""
+    return limit is not None and len(result.rows) + len(result.errors) >= limit
 
 
 def check_media(result: ManifestResult, row: dict[str, Any], check_files: bool) -> None:

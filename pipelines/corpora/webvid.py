@@ -17,13 +17,12 @@ field or an unparsable duration becomes a ``bad_metadata`` error row naming its 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import re
 
 from pipelines import storage
-from pipelines.corpora.base import ManifestResult, check_media, error_row, manifest_row
+from pipelines.corpora.base import (ManifestResult, at_limit, check_media, csv_records,
+                                    error_row, manifest_row)
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,10 @@ def load(metadata: str, media_root: str, *, split: str | None = None,
     """
     result = ManifestResult()
     split = split or "train"
-    with storage.open_input(metadata) as raw:
-        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{metadata}: not a WebVid CSV, header lacks {missing}")
-        for rec in reader:
-            if limit is not None and len(result.rows) + len(result.errors) >= limit:
-                break
-            _add_record(result, rec, reader.line_num, metadata, media_root, split, check_files)
+    for line, rec in csv_records(metadata, COLUMNS, "WebVid"):
+        if at_limit(result, limit):
+            break
+        _add_record(result, rec, line, metadata, media_root, split, check_files)
     log.info("webvid: %d rows, %d errors from %s", len(result.rows), len(result.errors), metadata)
     return result
 

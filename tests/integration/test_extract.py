@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import boto3
 import numpy as np
