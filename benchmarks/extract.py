@@ -40,12 +40,10 @@ from typing import Iterator
 import psutil
 
 from av_model.configlib import load_config
-from av_model.encoders import visual_input_spec
 from av_model.tiny import save_tiny_encoders
 from pipelines import extract_features, extract_stages, jobs
 from pipelines.corpora import synthetic
 from pipelines.corpora.base import read_manifest
-from pipelines.media import DecodeConfig
 
 log = logging.getLogger("avray.bench.extract")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "pipelines", "configs", "extract",
@@ -79,28 +77,23 @@ def peak_rss() -> Iterator[dict]:
         thread.join()
 
 
-def run_sequential(cfg: extract_features.ExtractConfig, rows: list[dict], out: str) -> None:
-    """One process, one clip at a time, through the job's own stage code."""
-    import json as _json
-
+def run_sequential(cfg: extract_features.ExtractConfig, rows: list[dict], out: str) -> float:
+    """One process, one clip at a time, through the job's own stage code; loop seconds."""
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    spec = visual_input_spec(cfg.encoders.visual)
-    decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
-                          resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s)
+    settled = extract_features.plan(cfg)
     device = "cuda" if cfg.visual_pool.num_gpus > 0 else "cpu"
     visual = extract_stages.VisualStage(cfg.encoders.visual, device)
     audio = extract_stages.AudioStage(cfg.encoders.audio, device)
-    metadata = extract_features.feature_metadata(cfg, spec.image_size)
     start = time.perf_counter()
     for row in rows:
         batch = {"clip_id": np.array([row["clip_id"]], dtype=object),
                  "uri": np.array([row["uri"]], dtype=object),
-                 "manifest": np.array([_json.dumps(row)], dtype=object)}
-        batch = audio(visual(extract_stages.decode_batch(batch, decode)))
-        extract_stages.write_batch(batch, out, cfg.encoders.fps, metadata, cfg.dtype)
+                 "manifest": np.array([json.dumps(row)], dtype=object)}
+        batch = audio(visual(extract_stages.decode_batch(batch, settled.decode)))
+        extract_stages.write_batch(batch, out, cfg.encoders.fps, settled.metadata, cfg.dtype)
     return time.perf_counter() - start
 
 
@@ -116,17 +109,10 @@ def time_sequential_process(argv: list[str], loop_json: str) -> tuple[float, flo
 
 
 def run_decode_only(cfg: extract_features.ExtractConfig, rows: list[dict]) -> float:
-    import ray.data
-
-    spec = visual_input_spec(cfg.encoders.visual)
-    decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
-                          resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s,
-                          threads=cfg.decode.threads)
-    items = [{"clip_id": r["clip_id"], "uri": r["uri"], "manifest": json.dumps(r)} for r in rows]
+    """The job's own decode front end into a no-op sink; seconds."""
+    decode = extract_features.plan(cfg).decode
     start = time.perf_counter()
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // cfg.decode.batch_size))
-    ds = ds.map_batches(extract_stages.decode_batch, fn_kwargs={"decode": decode},
-                        **extract_features.decode_args(cfg.decode))
+    ds = extract_features.decoded_dataset(cfg, rows, decode)
     ds = ds.map_batches(lambda b: {"clip_id": b["clip_id"]}, batch_size=None)
     n = sum(len(b["clip_id"]) for b in ds.iter_batches(batch_size=None))
     assert n == len(rows)

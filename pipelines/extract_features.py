@@ -161,9 +161,8 @@ def _device(pool: PoolConfig) -> str:
     return "cuda" if pool.num_gpus > 0 else "cpu"
 
 
-def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: DecodeConfig,
-                  metadata: dict[str, Any]):
-    """The lazy Ray Data pipeline: one summary row per clip comes out of it."""
+def decoded_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: DecodeConfig):
+    """Manifest rows → decoded clips: the job's front end (and the benchmark's decode-only)."""
     import ray.data
 
     from pipelines import extract_stages as st
@@ -172,7 +171,16 @@ def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: Decode
     # One input block per decode batch (at most 200), so short runs still decode in parallel.
     blocks = max(1, min(200, math.ceil(len(items) / cfg.decode.batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode}, **decode_args(cfg.decode))
+    return ds.map_batches(st.decode_batch, fn_kwargs={"decode": decode},
+                          **decode_args(cfg.decode))
+
+
+def build_dataset(cfg: ExtractConfig, rows: list[dict[str, Any]], decode: DecodeConfig,
+                  metadata: dict[str, Any]):
+    """The lazy Ray Data pipeline: one summary row per clip comes out of it."""
+    from pipelines import extract_stages as st
+
+    ds = decoded_dataset(cfg, rows, decode)
     enc, has_events = cfg.encoders, bool(cfg.encoders.audio_events.name_or_path)
     if cfg.fuse_encoders:
         ds = ds.map_batches(st.FusedEncodeStage, fn_constructor_kwargs={
@@ -253,11 +261,10 @@ class Plan:
     metadata: dict[str, Any]
 
 
-def preflight(cfg: ExtractConfig) -> Plan:
-    """Checks that need the encoders' config files but no Ray and no weights.
+def plan(cfg: ExtractConfig) -> Plan:
+    """Decode contract and shard metadata from the encoders' config files (no weights).
 
-    Raises ConfigError naming the field: a bad hidden-layer index, or an output that already
-    holds shards from other encoders (a rerun must not mix feature spaces).
+    Raises ConfigError naming the field for a hidden-layer index the tower does not have.
     """
     from av_model.encoders import visual_input_spec
 
@@ -268,7 +275,14 @@ def preflight(cfg: ExtractConfig) -> Plan:
     decode = DecodeConfig(fps=cfg.encoders.fps, frame_size=spec.image_size,
                           resize=cfg.encoders.resize, max_duration_s=cfg.max_duration_s,
                           threads=cfg.decode.threads)
-    metadata = feature_metadata(cfg, spec.image_size)
+    return Plan(decode, feature_metadata(cfg, spec.image_size))
+
+
+def preflight(cfg: ExtractConfig) -> Plan:
+    """Every check before Ray starts: ``plan`` plus an output that already holds shards from
+    other feature settings is refused (a rerun must not mix feature spaces)."""
+    settled = plan(cfg)
+    metadata = settled.metadata
     if storage.exists(storage.join(cfg.output, shards.FEATURES_DIR)):
         try:
             stored = shards.read_feature_metadata(cfg.output)
@@ -279,7 +293,7 @@ def preflight(cfg: ExtractConfig) -> Plan:
                              if _identity(stored).get(k) != _identity(metadata)[k])
             raise ConfigError("output", f"{cfg.output} holds features from other settings "
                               f"({', '.join(changed)} differ); use a new output")
-    return Plan(decode, metadata)
+    return settled
 
 
 _BATCHING_KEYS = ("frames_per_forward", "chunks_per_forward")
@@ -293,9 +307,9 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "encoders": encoders}
 
 
-def run(cfg: ExtractConfig, plan: Plan | None = None) -> dict[str, Any]:
+def run(cfg: ExtractConfig, checked: Plan | None = None) -> dict[str, Any]:
     """Execute the job (Ray must be initialised); returns the summary dict."""
-    plan = plan or preflight(cfg)
+    settled = checked or preflight(cfg)
     storage.makedirs(cfg.output)
     for sub in (shards.FEATURES_DIR, shards.ERRORS_DIR):
         storage.clean_temp_files(storage.join(cfg.output, sub))
@@ -307,7 +321,7 @@ def run(cfg: ExtractConfig, plan: Plan | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     tally = Tally()
     if rows:
-        ds = build_dataset(cfg, rows, plan.decode, plan.metadata)
+        ds = build_dataset(cfg, rows, settled.decode, settled.metadata)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             tally.add(batch)
     summary = summarise(tally, skipped, manifest.errors, time.perf_counter() - start)
@@ -321,9 +335,9 @@ def run(cfg: ExtractConfig, plan: Plan | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = jobs.parse_job_config(ExtractConfig, argv, __doc__)
-    plan = jobs.checked(preflight, cfg)
+    settled = jobs.checked(preflight, cfg)
     with jobs.ray_session(cfg.ray):
-        summary = run(cfg, plan)
+        summary = run(cfg, settled)
     nothing_usable = summary["clips_ok"] == 0 and summary["clips_skipped_existing"] == 0
     if nothing_usable and summary["clips_failed"] > 0:  # a scheduler must see this as failed
         log.error("every clip failed; see %s", storage.join(cfg.output, shards.ERRORS_DIR))

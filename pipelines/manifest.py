@@ -11,10 +11,7 @@ Errors (missing files, malformed rows) go to ``<out stem>.errors.parquet``.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-
-import pyarrow.parquet as pq
 
 from pipelines import jobs, storage
 from pipelines.corpora import ADAPTERS, build_manifest
@@ -41,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                             **kwargs)
     write_manifest(result.rows, args.out)
     errors_uri = args.out.rsplit(".", 1)[0] + ".errors.parquet"
-    buf = io.BytesIO()
-    pq.write_table(rows_to_table(result.errors, ERROR_SCHEMA), buf)
-    storage.write_bytes_atomic(errors_uri, buf.getvalue())
+    storage.write_parquet(rows_to_table(result.errors, ERROR_SCHEMA), errors_uri)
     log.info("%d rows → %s; %d errors → %s", len(result.rows), args.out, len(result.errors),
              errors_uri)
 

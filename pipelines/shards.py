@@ -17,7 +17,6 @@ table in the same pass.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from ray.data.extensions import ArrowVariableShapedTensorArray
@@ -61,13 +59,6 @@ def feature_table(rows: list[dict[str, Any]], metadata: dict[str, Any],
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
-def _write_table(table: pa.Table, uri: str) -> str:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
-    return uri
-
-
 def _part_name() -> str:
     """Names sort by creation time, so "first file wins" and "newest error wins" hold."""
     return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
@@ -83,7 +74,7 @@ def write_features(output: str, rows: list[dict[str, Any]], metadata: dict[str, 
                    dtype: str = "float16") -> str | None:
     if not rows:
         return None
-    return _write_table(feature_table(rows, metadata, dtype),
+    return storage.write_parquet(feature_table(rows, metadata, dtype),
                         storage.join(output, FEATURES_DIR, _part_name()))
 
 
@@ -92,7 +83,7 @@ def write_errors(output: str, rows: list[dict[str, str]]) -> str | None:
         return None
     table = pa.Table.from_pylist([{k: r.get(k) for k in ERROR_SCHEMA.names} for r in rows],
                                  schema=ERROR_SCHEMA)
-    return _write_table(table, storage.join(output, ERRORS_DIR, _part_name()))
+    return storage.write_parquet(table, storage.join(output, ERRORS_DIR, _part_name()))
 
 
 def _read_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
@@ -132,7 +123,7 @@ def dedupe_features(output: str) -> int:
         keep = np.setdiff1d(np.arange(len(ids)), repeats)
         removed += len(repeats)
         if len(keep):
-            _write_table(table.take(pa.array(keep)).replace_schema_metadata(table.schema.metadata), uri)
+            storage.write_parquet(table.take(pa.array(keep)).replace_schema_metadata(table.schema.metadata), uri)
         else:
             storage.delete(uri)
     return removed
@@ -163,7 +154,7 @@ def consolidate_errors(output: str) -> pa.Table:
     done = written_clip_ids(output)
     kept = [r for cid, r in latest.items() if cid not in done]
     table = pa.Table.from_pylist(kept, schema=ERROR_SCHEMA)
-    _write_table(table, main_file)
+    storage.write_parquet(table, main_file)
     for uri in parts:
         storage.delete(uri)
     return table
@@ -177,10 +168,3 @@ def read_feature_metadata(output: str) -> dict[str, Any]:
     fs, path = storage.filesystem(files[0])
     meta = pq.read_schema(path, filesystem=fs).metadata or {}
     return json.loads(meta[METADATA_KEY])
-
-
-def count_by(table: pa.Table, column: str) -> dict[str, int]:
-    if table.num_rows == 0:
-        return {}
-    counts = pc.value_counts(table.column(column)).to_pylist()
-    return {c["values"]: int(c["counts"]) for c in counts}

@@ -10,8 +10,8 @@ where its managed transfer is faster than a pyarrow stream.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -86,11 +86,6 @@ def open_input(uri: str) -> Iterator[IO[bytes]]:
         yield f
 
 
-def read_text(uri: str) -> str:
-    with open_input(uri) as f:
-        return f.read().decode("utf-8")
-
-
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write a whole object so that readers see all of it or nothing.
 
@@ -107,6 +102,16 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_parquet(table, uri: str) -> str:
+    """A pyarrow Table as one parquet object, written atomically (see write_bytes_atomic)."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes_atomic(uri, buf.getvalue())
+    return uri
 
 
 def clean_temp_files(uri: str) -> int:
@@ -155,8 +160,3 @@ def local_copy(uri: str) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
 
-
-def copy_to_local(uri: str, dest: str) -> str:
-    with local_copy(uri) as src:
-        shutil.copyfile(src, dest)
-    return dest

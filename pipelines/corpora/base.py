@@ -81,10 +81,6 @@ class ManifestResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    def extend(self, other: "ManifestResult") -> None:
-        self.rows.extend(other.rows)
-        self.errors.extend(other.errors)
-
 
 def csv_records(metadata: str, columns: Iterable[str], corpus: str
                 ) -> Iterator[tuple[int, dict[str, str | None]]]:
@@ -139,9 +135,7 @@ def write_manifest(rows: Iterable[dict[str, Any]], uri: str) -> str:
     """Write a manifest as parquet (``.parquet``) or JSON lines (anything else)."""
     rows = list(rows)
     if str(uri).endswith(".parquet"):
-        buf = io.BytesIO()
-        pq.write_table(rows_to_table(rows), buf)
-        storage.write_bytes_atomic(uri, buf.getvalue())
+        storage.write_parquet(rows_to_table(rows), uri)
     else:
         text = "".join(json.dumps({k: r.get(k) for k in MANIFEST_KEYS}) + "\n" for r in rows)
         storage.write_bytes_atomic(uri, text.encode())

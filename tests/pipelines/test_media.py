@@ -33,8 +33,10 @@ def test_video_with_audio_any_rate(tmp_path, rate, channels):
     clip = decode_clip(str(path), CFG)
     assert clip.frames.shape == (6, 32, 32, 3) and clip.frames.dtype == np.uint8
     assert len(clip.audio) == 48000  # AAC end padding trimmed to the container duration
-    spectrum = np.abs(np.fft.rfft(clip.audio[4000:20000]))
-    assert abs(np.argmax(spectrum) * 16000 / 16000 - 1000) <= 2  # 1 Hz bins
+    window = clip.audio[4000:20000]
+    spectrum = np.abs(np.fft.rfft(window))
+    hz_per_bin = 16000 / len(window)  # 1 Hz
+    assert abs(np.argmax(spectrum) * hz_per_bin - 1000) <= 2
 
 
 def test_window_cap_and_crop(tmp_path):
