@@ -13,7 +13,7 @@ from typing import Literal
 from av_model.configlib import check
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
-TokenMode = Literal["all", "cls", "patches", "pooled"]
+TokenMode = Literal["all", "cls", "patches", "pooled", "qformer"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class VisualEncoderConfig:
     # Which hidden layer to read: -1 is the last, -2 the penultimate (LLaVA-style).
     layer: int = -1
     # all = [CLS] + patches, cls = [CLS] only, patches = patches only,
-    # pooled = patch grid average-pooled to `pooled_tokens` (a square number) tokens.
+    # pooled = patch grid average-pooled to `pooled_tokens` (a square number) tokens,
+    # qformer = the checkpoint's own frozen Q-Former queries (BLIP-2 / InstructBLIP; FAVOR).
     token_mode: TokenMode = "all"
     pooled_tokens: int = 4
     dtype: DTypeName = "float32"
@@ -107,4 +108,163 @@ ENCODER_PRESETS: dict[str, EncodersConfig] = {
         visual=VisualEncoderConfig("openai/clip-vit-large-patch14", layer=-2),
         audio=AudioEncoderConfig("openai/whisper-large-v2"),
         audio_events=AudioEventEncoderConfig("MIT/ast-finetuned-audioset-10-10-0.4593")),
+}
+
+
+# ----------------------------------------------------------------------------- the av-LLM
+
+ConnectorKind = Literal["linear", "qformer", "causal_qformer", "mrc_qformer"]
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """Which connector maps slot-aligned features to LLM tokens, and its sizes."""
+
+    # linear (Audio-Visual LLM), qformer (one clip-level window, Video-LLaMA-style),
+    # causal_qformer (FAVOR), mrc_qformer (video-SALMONN multi-resolution).
+    kind: ConnectorKind = "causal_qformer"
+    hidden: int = 768             # Q-Former width (BERT-base in the papers)
+    heads: int = 12
+    layers: int = 2
+    ffn_dim: int = 3072
+    # One entry per resolution: window length in seconds (a whole number of frame slots;
+    # stride = window) and learned queries per window. qformer uses one window over the clip.
+    window_s: tuple[float, ...] = (5.0,)
+    queries: tuple[int, ...] = (32,)
+    max_s: float = 128.0          # longest clip a clip-level window must hold
+    # Per-modality projections before concatenation (0 = none); the released models map
+    # Whisper-large's 1280 dims to 768.
+    video_proj_dim: int = 0
+    audio_proj_dim: int = 0
+    causal: bool = True           # FAVOR causal attention module (Q-Former kinds)
+    causal_heads: int = 12
+    causal_compat: bool = False   # reproduce the released code's mask (see qformer.py)
+    dropout: float = 0.0
+    diversity_weight: float = 0.0  # video-SALMONN diversity loss weight λ (0 = off)
+    visual_cls: bool = True        # linear: the first visual token of a frame is [CLS]
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "heads", "layers", "ffn_dim", "causal_heads"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        check(len(self.window_s) == len(self.queries) and len(self.queries) > 0, "queries",
+              f"needs one entry per window_s entry, got {self.queries} for {self.window_s}")
+        check(self.max_s > 0, "max_s", "must be > 0")
+        if self.kind == "qformer":
+            check(self.window_s == (0.0,), "window_s",
+                  "qformer is clip-level: use window_s: [0] (or causal_qformer for windows)")
+        elif self.kind == "causal_qformer":
+            check(len(self.window_s) == 1 and self.window_s[0] > 0, "window_s",
+                  "causal_qformer takes one window length > 0 (mrc_qformer for several)")
+        elif self.kind == "mrc_qformer":
+            check(len(self.window_s) >= 2 and min(self.window_s) > 0, "window_s",
+                  "mrc_qformer needs two or more window lengths > 0")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Any Hugging Face causal LM and how it trains."""
+
+    name_or_path: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    mode: Literal["frozen", "lora", "full"] = "lora"
+    dtype: DTypeName = "float32"
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    gradient_checkpointing: bool = False
+    # auto = the tokenizer's own chat template when it has one, else Vicuna's.
+    template: Literal["auto", "vicuna"] = "auto"
+    system_prompt: str = ("A chat between a curious user and an artificial intelligence "
+                          "assistant. The assistant gives helpful, detailed, and polite "
+                          "answers to the user's questions.")
+    max_length: int = 2048        # prompt + answer tokens (media tokens included)
+
+    def __post_init__(self) -> None:
+        check(bool(self.name_or_path), "name_or_path", "must name a model")
+        check(self.lora_r > 0 and self.lora_alpha > 0, "lora_r", "must be > 0")
+        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        check(bool(self.lora_targets), "lora_targets", "must name at least one module")
+        check(self.max_length > 0, "max_length", "must be > 0")
+
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Feature sizes the connector is built for; 0 = read from the encoder configs."""
+
+    video_dim: int = 0       # Dv
+    video_tokens: int = 0    # Nv per frame
+    audio_dim: int = 0       # Da: Whisper width (+ audio-event width when enabled)
+    audio_rate: float = 0.0  # audio frames per second (Whisper: 50)
+
+    @property
+    def resolved(self) -> bool:
+        return min(self.video_dim, self.video_tokens, self.audio_dim) > 0 and self.audio_rate > 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole av-LLM: encoders, connector, LLM. Saved as ``avray.yaml`` in checkpoints."""
+
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    dims: FeatureDims = field(default_factory=FeatureDims)
+
+    def __post_init__(self) -> None:
+        slot = 1.0 / self.encoders.fps
+        for w in self.connector.window_s:
+            slots = w / slot
+            check(abs(slots - round(slots)) < 1e-6, "connector.window_s",
+                  f"{w} s is not a whole number of {slot:g} s frame slots at "
+                  f"fps={self.encoders.fps}")
+
+
+_VICUNA13B = LLMConfig("lmsys/vicuna-13b-v1.5", dtype="bfloat16", template="vicuna",
+                       gradient_checkpointing=True)
+_EVA_INSTRUCTBLIP = VisualEncoderConfig("Salesforce/instructblip-vicuna-13b", layer=-2,
+                                        token_mode="qformer", dtype="bfloat16")
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # FAVOR: InstructBLIP (EVA-CLIP + its Q-Former, 32 tokens per frame), Whisper-large-v2,
+    # Vicuna-13B; causal Q-Former, 2 layers, 32 queries per 5 s window -> 6.4 tokens/s.
+    "favor-vicuna13b": ModelConfig(
+        encoders=EncodersConfig(visual=_EVA_INSTRUCTBLIP,
+                                audio=AudioEncoderConfig("openai/whisper-large-v2",
+                                                         dtype="bfloat16")),
+        connector=ConnectorConfig("causal_qformer", window_s=(5.0,), queries=(32,),
+                                  audio_proj_dim=768),
+        llm=_VICUNA13B),
+    # video-SALMONN: adds an audio-event encoder; MRC with 5 s/30 queries and 0.5 s/3
+    # queries (6 tokens/s each), diversity loss on.
+    "salmonn-vicuna13b": ModelConfig(
+        encoders=EncodersConfig(
+            visual=_EVA_INSTRUCTBLIP,
+            audio=AudioEncoderConfig("openai/whisper-large-v2", dtype="bfloat16"),
+            audio_events=AudioEventEncoderConfig("MIT/ast-finetuned-audioset-10-10-0.4593",
+                                                 dtype="bfloat16")),
+        connector=ConnectorConfig("mrc_qformer", window_s=(5.0, 0.5), queries=(30, 3),
+                                  audio_proj_dim=1536, diversity_weight=0.01),
+        llm=_VICUNA13B),
+    # Audio-Visual LLM: CLIP ViT-L/14 + audio; linear projectors. The paper's CLAP audio
+    # tower has no time-resolved transformers port we support yet, so Whisper-large-v2 plus
+    # AST audio events stand in for it.
+    "avllm-vicuna7b": ModelConfig(
+        encoders=EncodersConfig(
+            visual=VisualEncoderConfig("openai/clip-vit-large-patch14", layer=-2,
+                                       dtype="bfloat16"),
+            audio=AudioEncoderConfig("openai/whisper-large-v2", dtype="bfloat16"),
+            audio_events=AudioEventEncoderConfig("MIT/ast-finetuned-audioset-10-10-0.4593",
+                                                 dtype="bfloat16")),
+        connector=ConnectorConfig("linear", window_s=(0.0,), queries=(1,)),
+        llm=LLMConfig("lmsys/vicuna-7b-v1.5", dtype="bfloat16", template="vicuna",
+                      gradient_checkpointing=True)),
+    # One GPU: CLIP ViT-B/16 (pooled to 16 tokens/frame) + whisper-small + Qwen2.5-0.5B.
+    "small-qwen0.5b": ModelConfig(
+        encoders=EncodersConfig(
+            visual=VisualEncoderConfig("openai/clip-vit-base-patch16", layer=-2,
+                                       token_mode="pooled", pooled_tokens=16),
+            audio=AudioEncoderConfig("openai/whisper-small")),
+        connector=ConnectorConfig("causal_qformer", hidden=256, heads=4, ffn_dim=1024,
+                                  window_s=(5.0,), queries=(32,), causal_heads=12),
+        llm=LLMConfig("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16")),
 }

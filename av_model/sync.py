@@ -45,6 +45,8 @@ class SyncedBatch:
     features: Tensor     # (B, S, L, Dv + Da): per slot, visual tokens ‖ audio frames on the feature dim
     slot_mask: Tensor    # (B, S) bool: slot exists for this sample (False = batch padding)
     token_mask: Tensor   # (B, S, L) bool: position holds a real visual token or audio frame
+    video_mask: Tensor   # (B, S, L) bool: position holds a real visual token
+    audio_mask: Tensor   # (B, S, L) bool: position holds a real (non-padding) audio frame
     has_video: Tensor    # (B,) bool
     has_audio: Tensor    # (B,) bool
     num_slots: Tensor    # (B,) long: S_i per sample
@@ -93,7 +95,7 @@ def _infer_dims(video: list[Tensor | None], audio: list[Tensor | None],
     return nv, dv, da
 
 
-def _num_slots(t: int, a: int, f: int, is_image: bool) -> int:
+def num_slots(t: int, a: int, f: int, is_image: bool = False) -> int:
     """S_i for one sample: the longer stream decides; nothing is truncated."""
     audio_slots = math.ceil(a / f)
     if is_image:
@@ -121,7 +123,7 @@ def _place_audio(out: Tensor, mask: Tensor, a: Tensor, f: int, dv: int) -> None:
     padded[:n_frames] = a
     out[:n_slots, :f, dv:] = padded.view(n_slots, f, da)  # (n_slots*F, Da) -> (n_slots, F, Da)
     real = torch.arange(n_slots * f, device=mask.device) < n_frames
-    mask[:n_slots, :f] |= real.view(n_slots, f)  # (n_slots*F,) -> (n_slots, F)
+    mask[:n_slots, :f] = real.view(n_slots, f)  # (n_slots*F,) -> (n_slots, F)
 
 
 def synchronise(video: list[Tensor | None], audio: list[Tensor | None], *,
@@ -147,27 +149,30 @@ def synchronise(video: list[Tensor | None], audio: list[Tensor | None], *,
     ref = _reference(video, audio)
     lengths_v = [0 if v is None else v.shape[0] for v in video]
     lengths_a = [0 if a is None else a.shape[0] for a in audio]
-    slots = [_num_slots(t, a, f, flag) for t, a, flag in zip(lengths_v, lengths_a, image)]
+    slots = [num_slots(t, a, f, flag) for t, a, flag in zip(lengths_v, lengths_a, image)]
     b, s, seq = len(video), max(slots), max(nv, f)
 
     features = torch.zeros(b, s, seq, dv + da, dtype=ref.dtype, device=ref.device)
-    token_mask = torch.zeros(b, s, seq, dtype=torch.bool, device=ref.device)
+    video_mask = torch.zeros(b, s, seq, dtype=torch.bool, device=ref.device)
+    audio_mask = torch.zeros_like(video_mask)
     for i, (v, a, flag) in enumerate(zip(video, audio, image)):
         if v is not None and v.shape[0] > 0:
             v = v.to(device=ref.device, dtype=ref.dtype)
             t = slots[i] if flag else v.shape[0]  # an image fills every slot of the sample
             features[i, :t, :nv, :dv] = v  # (T_i or 1, Nv, Dv) broadcast over slots
-            token_mask[i, :t, :nv] = True
+            video_mask[i, :t, :nv] = True
         if a is not None and a.shape[0] > 0:
-            _place_audio(features[i], token_mask[i], a.to(device=ref.device, dtype=ref.dtype),
+            _place_audio(features[i], audio_mask[i], a.to(device=ref.device, dtype=ref.dtype),
                          f, dv)
 
-    num_slots = torch.tensor(slots, dtype=torch.long, device=ref.device)
+    counts = torch.tensor(slots, dtype=torch.long, device=ref.device)
     return SyncedBatch(
         features=features,
-        slot_mask=torch.arange(s, device=ref.device) < num_slots[:, None],  # (B, S)
-        token_mask=token_mask,
+        slot_mask=torch.arange(s, device=ref.device) < counts[:, None],  # (B, S)
+        token_mask=video_mask | audio_mask,
+        video_mask=video_mask,
+        audio_mask=audio_mask,
         has_video=torch.tensor(lengths_v, device=ref.device) > 0,
         has_audio=torch.tensor(lengths_a, device=ref.device) > 0,
-        num_slots=num_slots,
+        num_slots=counts,
     )

@@ -6,7 +6,10 @@ the released ones (config.json, safetensors, preprocessor_config.json), so the s
 ``from_pretrained`` code loads them; only the sizes are small. Weights are seeded, so two
 builds with the same seed are identical.
 
-    avray tiny --out .cache/tiny        # writes visual/, audio/, audio_events/
+    avray tiny --out .cache/tiny        # writes visual/, audio/, audio_events/, llm/
+
+The tiny LLM's tokenizer is a byte-level BPE trained offline with ``tokenizers`` (so any
+text tokenizes); it has no chat template on purpose, so the Vicuna fallback is exercised.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Iterable
+
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, CLIPImageProcessor,
-                          CLIPVisionConfig, CLIPVisionModel, WhisperConfig,
-                          WhisperFeatureExtractor, WhisperModel)
+                          CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
+                          WhisperModel)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,22 @@ class TinySizes:
     whisper_window_s: int = 5
     events_dim: int = 32
     events_window_s: float = 2.0
+    llm_dim: int = 64
+    llm_layers: int = 2
+    llm_vocab: int = 512
+
+
+# Words of the built-in synthetic corpus and chat scaffolding, so the default tiny tokenizer
+# has merges for them; callers may pass their own texts (e.g. a manifest's conversations).
+_DEFAULT_TEXTS = (
+    "USER: ASSISTANT: What colour is the circle square triangle star? red green blue yellow "
+    "white orange purple. Which appeared first, the red circle or the blue square? "
+    "Is the tone high or low? How many beeps are there? zero one two three four five. "
+    "What colour was on screen when the first beep sounded? What word was spoken? "
+    "A red circle, then a blue square. A low tone and two beeps. No sound. Describe the video. "
+    "A chat between a curious user and an artificial intelligence assistant.")
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                  "pad_token": "<pad>"}
 
 
 def save_tiny_visual(out: Path, sizes: TinySizes, seed: int) -> Path:
@@ -77,14 +100,42 @@ def save_tiny_ast(out: Path, sizes: TinySizes, seed: int) -> Path:
     return out
 
 
-def save_tiny_encoders(out_dir: str | Path, seed: int = 0,
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained offline; every byte is in the alphabet, so nothing is <unk>."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def save_tiny_llm(out: Path, sizes: TinySizes, seed: int,
+                  texts: Iterable[str] | None = None) -> Path:
+    """A 2-layer Llama and its tokenizer, saved like a hub checkpoint (loadable by name/path)."""
+    tokenizer = train_tiny_tokenizer(texts or [_DEFAULT_TEXTS] * 4, sizes.llm_vocab)
+    torch.manual_seed(seed + 3)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=sizes.llm_dim,
+                      intermediate_size=2 * sizes.llm_dim, num_hidden_layers=sizes.llm_layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def save_tiny_models(out_dir: str | Path, seed: int = 0,
                        sizes: TinySizes = TinySizes()) -> dict[str, str]:
-    """Write visual/, audio/ and audio_events/ checkpoints under ``out_dir``; return paths."""
+    """Write visual/, audio/, audio_events/ and llm/ checkpoints under ``out_dir``; return paths."""
     root = Path(out_dir)
     paths = {
         "visual": save_tiny_visual(root / "visual", sizes, seed),
         "audio": save_tiny_whisper(root / "audio", sizes, seed),
         "audio_events": save_tiny_ast(root / "audio_events", sizes, seed),
+        "llm": save_tiny_llm(root / "llm", sizes, seed),
     }
     log.info("tiny encoders written under %s", root)
     return {k: str(v) for k, v in paths.items()}
@@ -96,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for name, path in save_tiny_encoders(args.out, args.seed).items():
+    for name, path in save_tiny_models(args.out, args.seed).items():
         log.info("%s: %s", name, path)
 
 

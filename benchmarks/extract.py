@@ -40,7 +40,7 @@ from typing import Iterator
 import psutil
 
 from av_model.configlib import load_config
-from av_model.tiny import save_tiny_encoders
+from av_model.tiny import save_tiny_models
 from pipelines import extract_features, extract_stages, jobs
 from pipelines.corpora import synthetic
 from pipelines.corpora.base import read_manifest
@@ -123,7 +123,7 @@ def _prepare(args, clips: int) -> tuple[dict[str, str], str]:
     """Encoders and a corpus of ``clips`` clips (cached in the workdir): (dirs, manifest)."""
     enc_root = args.encoders or os.path.join(args.workdir, "encoders")
     if not os.path.isdir(os.path.join(enc_root, "visual")):
-        save_tiny_encoders(enc_root)
+        save_tiny_models(enc_root)
     width, height = (int(v) for v in args.size.split("x"))
     synth_dir = os.path.join(args.workdir, f"synth-{clips}-{args.duration:g}s-{args.size}")
     manifest = os.path.join(synth_dir, "manifest.jsonl")

@@ -17,7 +17,7 @@ import os
 import time
 
 from av_model.configlib import load_config
-from av_model.tiny import save_tiny_encoders
+from av_model.tiny import save_tiny_models
 from pipelines import extract_features, jobs
 from pipelines.corpora import synthetic
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
 
     _stage(1, 3, f"tiny random-weight encoders → {work}/encoders")
-    enc = save_tiny_encoders(os.path.join(work, "encoders"), seed=args.seed)
+    enc = save_tiny_models(os.path.join(work, "encoders"), seed=args.seed)
 
     _stage(2, 3, f"synthetic corpus: {args.n} clips → {work}/synth")
     synth_cfg = synthetic.SynthConfig(n=args.n, seed=args.seed, min_duration_s=8.0,

@@ -39,9 +39,9 @@ def shared_media() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory) -> dict[str, str]:
-    from av_model.tiny import save_tiny_encoders
+    from av_model.tiny import save_tiny_models
 
-    return save_tiny_encoders(tmp_path_factory.mktemp("tiny"), seed=0)
+    return save_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 @pytest.fixture(scope="session")

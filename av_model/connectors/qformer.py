@@ -1,24 +1,33 @@
-"""Windowed causal Q-Former (FAVOR) and its clip-level baseline (Video-LLaMA style).
+"""Windowed (causal) Q-Former: FAVOR's connector, its clip-level baseline, and the core MRC uses.
 
 Why windows: the LLM gets a fixed number of tokens per second (``queries`` per
 ``window_slots`` slots) whatever the clip length, and each window only sees its own slots,
 so a long clip costs linear, not quadratic, attention.
 
-Each layer runs, on one window (``W`` slots x ``L`` tokens of slot-aligned features):
+The forward pass, on slot-aligned features (``SyncedBatch``, ``L`` positions per slot):
 
-1. the FAVOR *causal attention module*: self-attention over the window's input features with
-   a frame-level block mask, so temporal order survives the set-like cross-attention;
-2. self-attention among the learned queries;
-3. cross-attention from the queries to the (updated) window inputs;
-4. a feed-forward block.
+1. optional per-modality input projections (the released models map Whisper 1280 -> 768
+   before concatenation); a modality's projection is zeroed where that modality is absent;
+2. LayerNorm over the concatenated features, cut into windows of ``window_slots`` slots, plus
+   a learned position per token within the window (``window_slots * L`` rows);
+3. Q-Former layers, BERT post-norm like BLIP-2's (so ``Blip2QFormerModel`` weights load 1:1):
+   a. the FAVOR *causal attention module*: self-attention over the window's input features
+      with a frame-level block mask (applied to the window inputs anew in every layer, as
+      the released code does), so temporal order survives the set-like cross-attention;
+   b. self-attention among the learned queries;
+   c. cross-attention from the queries to the causal module's output;
+   d. a feed-forward block;
+4. the query outputs of every resolution, concatenated on the feature dim, projected to the
+   LLM width; windows past a sample's end are zeroed.
 
-Mask direction. Default (``causal_compat=False``): a token of slot ``j`` attends to tokens
-of slots ``<= j`` -- itself and earlier frames, as the paper describes. The released FAVOR
-code built its mask with ``triu``, which under Hugging Face's "1 = may attend" convention lets
-a slot see itself and *later* slots; ``causal_compat=True`` reproduces that for checkpoint
-compatibility. The released code also silently skipped the causal module unless the window
-length was a multiple of 32; we never skip it (``causal=False`` is the only way to turn it
-off). ``window_slots=0`` means one window over the whole clip: the clip-level baseline.
+Mask direction. Default (``causal_compat=False``): a token of slot ``j`` attends to tokens of
+slots ``<= j`` -- itself and earlier frames, as the paper describes -- and never to padding.
+The released FAVOR/video-SALMONN code built its mask with ``torch.triu`` on frame blocks,
+which under Hugging Face's "1 = may attend" convention lets a slot see itself and *later*
+slots, and it treated every position of a real slot as valid (padded audio frames
+included). ``causal_compat=True`` reproduces both for checkpoint compatibility. The released
+code also silently skipped the causal module unless the window length was a multiple of 32
+tokens; we never skip it (``causal=False`` is the only way to turn it off).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from torch import nn
 
 from av_model.configlib import check
 from av_model.connectors.base import Connector, ConnectorOutput
+from av_model.losses import mean_pairwise_cosine
 from av_model.sync import SyncedBatch
 
 Tensor = torch.Tensor
@@ -39,41 +49,60 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class QFormerConfig:
-    """Sizes and switches of the (causal) windowed Q-Former."""
+    """Sizes and switches of the windowed Q-Former (resolved from ``ConnectorConfig``)."""
 
-    input_dim: int            # Dc = Dv + Da, the SyncedBatch feature size
+    video_dim: int            # Dv: first Dv feature dims of the SyncedBatch
+    audio_dim: int            # Da: the remaining feature dims
+    slot_tokens: int          # L: positions per slot (max(Nv, audio frames per slot))
     llm_dim: int              # D_llm, the LLM embedding size
     hidden: int = 768
     heads: int = 12
     layers: int = 2
-    queries: int = 32         # learned queries per window = LLM tokens per window
-    # Slots per window (stride = window); 10 = 5 s at 2 fps. 0 = one window over the clip.
-    window_slots: int = 10
-    # Position-embedding table size when window_slots == 0 (longest clip in slots).
-    max_slots: int = 256
-    ffn_mult: int = 4
+    # One entry per resolution: slots per window (stride = window; 10 = 5 s at 2 fps,
+    # 0 = one window over the whole clip) and learned queries per window.
+    window_slots: tuple[int, ...] = (10,)
+    queries: tuple[int, ...] = (32,)
+    max_slots: int = 256       # longest clip (slots) when a window spans the clip
+    video_proj_dim: int = 0    # 0 = feed video features as they are
+    audio_proj_dim: int = 0    # 0 = feed audio features as they are
+    ffn_dim: int = 3072
     dropout: float = 0.0
+    layer_norm_eps: float = 1e-12
     causal: bool = True          # run the FAVOR causal attention module in every layer
-    causal_compat: bool = False  # released-code mask direction (itself and later slots)
+    causal_heads: int = 12       # heads of the causal module (it runs at the input width)
+    causal_compat: bool = False  # released-code mask: later slots, padding positions valid
     diversity_weight: float = 0.0  # video-SALMONN diversity loss weight (0 = off)
 
     def __post_init__(self) -> None:
-        for name in ("input_dim", "llm_dim", "hidden", "heads", "layers", "queries",
-                     "max_slots", "ffn_mult"):
+        for name in ("video_dim", "audio_dim", "slot_tokens", "llm_dim", "hidden", "heads",
+                     "layers", "max_slots", "ffn_dim", "causal_heads"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         check(self.hidden % self.heads == 0, "hidden",
               f"must be divisible by heads ({self.heads}), got {self.hidden}")
-        check(self.window_slots >= 0, "window_slots", f"must be >= 0, got {self.window_slots}")
+        check(len(self.window_slots) == len(self.queries) and self.queries, "queries",
+              f"needs one entry per window_slots entry, got {self.queries} "
+              f"for {self.window_slots}")
+        check(all(w >= 0 for w in self.window_slots), "window_slots", "must be >= 0")
+        check(all(q > 0 for q in self.queries), "queries", "must be > 0")
+        check(self.video_proj_dim >= 0 and self.audio_proj_dim >= 0, "audio_proj_dim",
+              "must be >= 0")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(self.diversity_weight >= 0.0, "diversity_weight",
-              f"must be >= 0, got {self.diversity_weight}")
+        check(self.diversity_weight >= 0.0, "diversity_weight", "must be >= 0")
         check(self.causal or not self.causal_compat, "causal_compat",
               "only meaningful with causal=True")
+        check(not self.causal or self.input_dim % self.causal_heads == 0, "causal_heads",
+              f"input width {self.input_dim} must be divisible by causal_heads "
+              f"({self.causal_heads})")
+
+    @property
+    def input_dim(self) -> int:
+        """Dc: the width the Q-Former's keys, values and causal module see."""
+        return (self.video_proj_dim or self.video_dim) + (self.audio_proj_dim or self.audio_dim)
 
     @property
     def positions(self) -> int:
-        """Rows of the within-window position table."""
-        return self.window_slots or self.max_slots
+        """Rows of the within-window position table (tokens of the largest window)."""
+        return max(w or self.max_slots for w in self.window_slots) * self.slot_tokens
 
 
 def frame_block_mask(slot_ids: Tensor, valid: Tensor, compat: bool = False) -> Tensor:
@@ -92,142 +121,155 @@ def frame_block_mask(slot_ids: Tensor, valid: Tensor, compat: bool = False) -> T
 
 
 class Attention(nn.Module):
-    """Multi-head attention on top of SDPA with a boolean "may attend" mask."""
+    """BERT-style attention block: SDPA, output projection, residual, post-LayerNorm."""
 
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, eps: float,
+                 kv_dim: int | None = None):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.q, self.k, self.v = (nn.Linear(hidden, hidden) for _ in range(3))
-        self.o = nn.Linear(hidden, hidden)
+        self.q = nn.Linear(dim, dim)
+        self.k, self.v = nn.Linear(kv_dim or dim, dim), nn.Linear(kv_dim or dim, dim)
+        self.o, self.ln = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps)
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, ctx: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x (N, Tq, H) attends to ctx (N, Tk, H); mask (N, Tq, Tk) or (N, 1, Tk) bool."""
-        n, tq, h = x.shape
+    def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x (N, Tq, D) attends to ctx (N, Tk, Dk) (x itself if None); mask (N, Tq|1, Tk)."""
+        ctx = x if ctx is None else ctx
+        n, tq, d = x.shape
         tk = ctx.shape[1]
-        q = self.q(x).view(n, tq, self.heads, -1).transpose(1, 2)    # (N, h, Tq, H/h)
-        k = self.k(ctx).view(n, tk, self.heads, -1).transpose(1, 2)  # (N, h, Tk, H/h)
-        v = self.v(ctx).view(n, tk, self.heads, -1).transpose(1, 2)  # (N, h, Tk, H/h)
+        q = self.q(x).view(n, tq, self.heads, -1).transpose(1, 2)    # (N, h, Tq, D/h)
+        k = self.k(ctx).view(n, tk, self.heads, -1).transpose(1, 2)  # (N, h, Tk, D/h)
+        v = self.v(ctx).view(n, tk, self.heads, -1).transpose(1, 2)  # (N, h, Tk, D/h)
         m = None if mask is None else mask[:, None]                  # (N, 1, Tq|1, Tk)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=p)
-        return self.o(y.transpose(1, 2).reshape(n, tq, h))           # (N, h, Tq, H/h) -> (N, Tq, H)
+        y = y.transpose(1, 2).reshape(n, tq, d)                      # (N, h, Tq, D/h) -> (N, Tq, D)
+        return self.ln(x + self.drop(self.o(y)))
 
 
 class QFormerLayer(nn.Module):
-    """Causal input self-attention, query self-attention, cross-attention, FFN (pre-norm)."""
+    """Causal input attention, query self-attention, cross-attention, FFN (post-norm)."""
 
     def __init__(self, cfg: QFormerConfig):
         super().__init__()
-        h = cfg.hidden
-        self.causal = cfg.causal
-        if cfg.causal:
-            self.ln_in = nn.LayerNorm(h)
-            self.in_attn = Attention(h, cfg.heads, cfg.dropout)
-        self.ln_q, self.self_attn = nn.LayerNorm(h), Attention(h, cfg.heads, cfg.dropout)
-        self.ln_x, self.ln_kv = nn.LayerNorm(h), nn.LayerNorm(h)
-        self.cross_attn = Attention(h, cfg.heads, cfg.dropout)
-        self.ln_ffn = nn.LayerNorm(h)
-        self.ffn = nn.Sequential(nn.Linear(h, cfg.ffn_mult * h), nn.GELU(),
-                                 nn.Linear(cfg.ffn_mult * h, h), nn.Dropout(cfg.dropout))
+        h, dc, eps = cfg.hidden, cfg.input_dim, cfg.layer_norm_eps
+        self.causal = Attention(dc, cfg.causal_heads, cfg.dropout, eps) if cfg.causal else None
+        self.self_attn = Attention(h, cfg.heads, cfg.dropout, eps)
+        self.cross_attn = Attention(h, cfg.heads, cfg.dropout, eps, kv_dim=dc)
+        self.ffn_in, self.ffn_out = nn.Linear(h, cfg.ffn_dim), nn.Linear(cfg.ffn_dim, h)
+        self.ffn_ln, self.ffn_drop = nn.LayerNorm(h, eps=eps), nn.Dropout(cfg.dropout)
 
     def attend_inputs(self, x: Tensor, block_mask: Tensor) -> Tensor:
-        """The FAVOR causal module on window inputs x (N, T, H); identity when causal=False."""
-        if not self.causal:
-            return x
-        return x + self.in_attn(self.ln_in(x), self.ln_in(x), block_mask)
+        """The FAVOR causal module on window inputs x (N, T, Dc); identity when off."""
+        return x if self.causal is None else self.causal(x, mask=block_mask)
 
-    def forward(self, queries: Tensor, x: Tensor, valid: Tensor,
-                block_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (N, Q, H), x (N, T, H), valid (N, T) -> updated (queries, x)."""
-        x = self.attend_inputs(x, block_mask)
-        q = queries + self.self_attn(self.ln_q(queries), self.ln_q(queries))
-        # A window with no real token (batch padding) may attend everywhere: finite, and
-        # its output is zeroed by the connector.
-        keys = valid | ~valid.any(dim=1, keepdim=True)               # (N, T)
-        q = q + self.cross_attn(self.ln_x(q), self.ln_kv(x), keys[:, None, :])
-        q = q + self.ffn(self.ln_ffn(q))
-        return q, x
+    def forward(self, queries: Tensor, x: Tensor, keys: Tensor, block_mask: Tensor) -> Tensor:
+        """queries (N, Q, H), window inputs x (N, T, Dc), keys (N, T) -> queries (N, Q, H)."""
+        ctx = self.attend_inputs(x, block_mask)
+        q = self.self_attn(queries)
+        q = self.cross_attn(q, ctx, keys[:, None, :])
+        return self.ffn_ln(q + self.ffn_drop(self.ffn_out(F.gelu(self.ffn_in(q)))))
 
 
-def mean_pairwise_cosine(z: Tensor) -> Tensor:
-    """(N, Q, H) -> (N,): mean cosine similarity over distinct query pairs of each window.
+class QFormerStack(nn.Module):
+    """Query LayerNorm + layers: the part shared by every window resolution."""
 
-    Why: video-SALMONN's diversity loss pushes the queries of a window apart so they do
-    not collapse onto the same content; 0 for a single query (no pairs).
-    """
-    q = z.shape[1]
-    if q < 2:
-        return z.new_zeros(z.shape[0])
-    u = F.normalize(z, dim=-1)
-    gram = u @ u.transpose(1, 2)                                     # (N, Q, Q)
-    off_diag = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(-1)
-    return off_diag / (q * (q - 1))
+    def __init__(self, cfg: QFormerConfig):
+        super().__init__()
+        self.query_ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
+
+    def forward(self, queries: Tensor, x: Tensor, keys: Tensor, block_mask: Tensor) -> Tensor:
+        """queries (N, Q, H) over windows x (N, T, Dc) with key mask (N, T) -> (N, Q, H)."""
+        # A window with no real key (batch padding) may attend everywhere: finite, and its
+        # output is zeroed by the connector.
+        keys = keys | ~keys.any(dim=1, keepdim=True)
+        q = self.query_ln(queries)
+        for layer in self.layers:
+            q = layer(q, x, keys, block_mask)
+        return q
 
 
-class CausalQFormer(Connector):
-    """Windowed (causal) Q-Former: ``queries`` LLM tokens per window of ``window_slots``."""
+def _optional_proj(dim_in: int, dim_out: int) -> nn.Module:
+    return nn.Linear(dim_in, dim_out) if dim_out else nn.Identity()
+
+
+class WindowedQFormer(Connector):
+    """``queries[r]`` LLM tokens per window of ``window_slots[r]`` slots, for each resolution r."""
 
     def __init__(self, cfg: QFormerConfig):
         super().__init__()
         self.cfg = cfg
-        h = cfg.hidden
-        self.in_proj = nn.Sequential(nn.Linear(cfg.input_dim, h), nn.LayerNorm(h))
-        self.pos = nn.Parameter(torch.randn(cfg.positions, h) * 0.02)
-        self.queries = nn.Parameter(torch.randn(cfg.queries, h) * 0.02)
-        self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
-        self.ln_out = nn.LayerNorm(h)
-        self.out_proj = nn.Linear(h, cfg.llm_dim)
+        self.video_proj = _optional_proj(cfg.video_dim, cfg.video_proj_dim)
+        self.audio_proj = _optional_proj(cfg.audio_dim, cfg.audio_proj_dim)
+        self.ln_in = nn.LayerNorm(cfg.input_dim)
+        self.pos = nn.Parameter(torch.randn(cfg.positions, cfg.input_dim) * 0.02)
+        self.queries = nn.ParameterList(nn.Parameter(torch.randn(q, cfg.hidden) * 0.02)
+                                        for q in cfg.queries)
+        self.qformer = QFormerStack(cfg)
+        self.out_proj = nn.Linear(cfg.hidden * len(cfg.queries), cfg.llm_dim)
 
-    def window_for(self, num_slots: int) -> int:
-        """Slots per window: the configured size, or the whole batch for the clip level."""
-        w = self.cfg.window_slots or num_slots
-        if w > self.cfg.positions:
+    def window_for(self, r: int, num_slots: int) -> int:
+        """Slots per window of resolution r: configured, or the whole clip when 0."""
+        w = self.cfg.window_slots[r] or max(num_slots, 1)
+        if w * self.cfg.slot_tokens > self.cfg.positions:
             raise ValueError(f"clip of {num_slots} slots exceeds max_slots={self.cfg.max_slots}")
-        return max(w, 1)
+        return w
+
+    def _tokens(self, r: int, num_slots: int) -> int:
+        w = self.cfg.window_slots[r] or max(num_slots, 1)
+        return math.ceil(num_slots / w) * self.cfg.queries[r]
 
     def tokens_for(self, num_slots: int) -> int:
-        w = self.cfg.window_slots or max(num_slots, 1)
-        return math.ceil(num_slots / w) * self.cfg.queries
+        return max(self._tokens(r, num_slots) for r in range(len(self.cfg.queries)))
 
-    def _windows(self, batch: SyncedBatch) -> tuple[Tensor, Tensor, int, int]:
-        """Project, add positions, cut into windows -> x (B*nW, W*L, H), valid, W, nW."""
-        feats, b = batch.features, batch.features.shape[0]
-        s, l = feats.shape[1], feats.shape[2]
-        w = self.window_for(s)
+    def project_inputs(self, batch: SyncedBatch) -> tuple[Tensor, Tensor]:
+        """Steps 1-2 before windowing -> x (B, S, L, Dc) normalised, valid (B, S, L)."""
+        dv = self.cfg.video_dim
+        vid = self.video_proj(batch.features[..., :dv]) * batch.video_mask[..., None]
+        aud = self.audio_proj(batch.features[..., dv:]) * batch.audio_mask[..., None]
+        x = self.ln_in(torch.cat([vid, aud], dim=-1))                # (B, S, L, Dc)
+        slots = batch.slot_mask[..., None]                           # (B, S, 1)
+        valid = slots.expand_as(batch.token_mask) if self.cfg.causal_compat else \
+            batch.token_mask & slots                                 # (B, S, L)
+        return x, valid
+
+    def encode_resolution(self, r: int, x: Tensor, valid: Tensor) -> tuple[Tensor, int]:
+        """One resolution over x (B, S, L, Dc) -> query outputs (B*nW, Q_r, H) and nW."""
+        b, s, l, dc = x.shape
+        w = self.window_for(r, s)
         n_win = max(math.ceil(s / w), 1)
         pad = n_win * w - s
-        x = self.in_proj(feats)                                      # (B, S, L, H)
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))                           # (B, nW*W, L, H)
-        valid = batch.token_mask & batch.slot_mask[..., None]        # (B, S, L)
-        valid = F.pad(valid, (0, 0, 0, pad))                         # (B, nW*W, L)
-        x = x.view(b, n_win, w, l, -1) + self.pos[:w].view(1, 1, w, 1, -1)  # (B, nW, W, L, H)
-        x = x.reshape(b * n_win, w * l, -1)                          # (B*nW, W*L, H)
-        valid = valid.reshape(b * n_win, w * l)                      # (B*nW, W*L)
-        return x, valid, w, n_win
+        x = F.pad(x, (0, 0, 0, 0, 0, pad)).reshape(b * n_win, w * l, dc)  # (B*nW, W*L, Dc)
+        valid = F.pad(valid, (0, 0, 0, pad)).reshape(b * n_win, w * l)     # (B*nW, W*L)
+        x = x + self.pos[:w * l]
+        slot_ids = torch.arange(w, device=x.device).repeat_interleave(l)  # (W*L,)
+        block = frame_block_mask(slot_ids, valid, self.cfg.causal_compat)  # (B*nW, T, T)
+        q = self.queries[r].expand(b * n_win, -1, -1)                # (B*nW, Q, H)
+        return self.qformer(q, x, valid, block), n_win
 
     def forward(self, batch: SyncedBatch) -> ConnectorOutput:
-        """1. windows  2. layers  3. project  4. zero padding windows  5. diversity loss."""
+        """1-2. project, normalise  3. per resolution: windows, Q-Former  4. concat, project."""
         cfg, b = self.cfg, batch.features.shape[0]
-        x, valid, w, n_win = self._windows(batch)
-        l = x.shape[1] // w
-        slot_ids = torch.arange(w, device=x.device).repeat_interleave(l)  # (W*L,)
-        block = frame_block_mask(slot_ids, valid, cfg.causal_compat)      # (B*nW, T, T)
-        q = self.queries.expand(b * n_win, -1, -1)                   # (B*nW, Q, H)
-        for layer in self.layers:
-            q, x = layer(q, x, valid, block)
-        q = self.ln_out(q)
-        real_win = torch.ceil(batch.num_slots.to(x.device).float() / w).long()  # (B,)
-        win_mask = torch.arange(n_win, device=x.device)[None] < real_win[:, None]  # (B, nW)
-        out = self.out_proj(q).view(b, n_win * cfg.queries, -1)      # (B*nW, Q, D) -> (B, nW*Q, D)
-        tok_mask = win_mask.repeat_interleave(cfg.queries, dim=1)    # (B, nW*Q)
-        embeds = out * tok_mask[..., None].to(out.dtype)
-        return ConnectorOutput(embeds, real_win * cfg.queries,
-                               self._aux_loss(q, win_mask.reshape(-1)))
+        x, valid = self.project_inputs(batch)
+        n_out = self.tokens_for(x.shape[1])
+        outs, sims = [], []
+        for r, q_r in enumerate(cfg.queries):
+            q, n_win = self.encode_resolution(r, x, valid)           # (B*nW, Q_r, H)
+            w = self.window_for(r, x.shape[1])
+            real = torch.ceil(batch.num_slots.to(x.device).float() / w).long()  # (B,)
+            win_mask = torch.arange(n_win, device=x.device)[None] < real[:, None]  # (B, nW)
+            tok = q.reshape(b, n_win * q_r, -1) * win_mask.repeat_interleave(q_r, 1)[..., None]
+            outs.append(F.pad(tok, (0, 0, 0, n_out - n_win * q_r)))  # (B, N, H)
+            if cfg.diversity_weight:
+                sims.append(_masked_mean(mean_pairwise_cosine(q), win_mask.reshape(-1)))
+        embeds = self.out_proj(torch.cat(outs, dim=-1))              # (B, N, R*H) -> (B, N, D)
+        lengths = torch.tensor([self.tokens_for(int(n)) for n in batch.num_slots],
+                               device=x.device)
+        embeds = embeds * (torch.arange(n_out, device=x.device)[None] < lengths[:, None])[..., None]
+        aux = cfg.diversity_weight * torch.stack(sims).mean() if sims else embeds.new_zeros(())
+        return ConnectorOutput(embeds, lengths, aux)
 
-    def _aux_loss(self, q: Tensor, real: Tensor) -> Tensor:
-        """diversity_weight x mean over real windows of the query cosine similarity."""
-        if self.cfg.diversity_weight == 0.0:
-            return q.new_zeros(())
-        sim = mean_pairwise_cosine(q)                                # (B*nW,)
-        mean = (sim * real).sum() / real.sum().clamp(min=1)
-        return self.cfg.diversity_weight * mean
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)

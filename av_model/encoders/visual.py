@@ -80,6 +80,24 @@ def visual_input_spec(cfg: VisualEncoderConfig) -> VisualInputSpec:
     return VisualInputSpec(int(vision.image_size), mean, std, hf.model_type)
 
 
+def visual_token_count(cfg: VisualEncoderConfig, vision_config, has_cls: bool) -> int:
+    """Nv for a token mode, from the tower's config alone (no weights)."""
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    if cfg.token_mode == "cls":
+        return 1
+    if cfg.token_mode == "pooled":
+        return cfg.pooled_tokens
+    return patches + (1 if has_cls and cfg.token_mode == "all" else 0)
+
+
+def visual_dims(cfg: VisualEncoderConfig) -> tuple[int, int]:
+    """(Nv, Dv) of this tower and token mode, read from config files only."""
+    hf = AutoConfig.from_pretrained(cfg.name_or_path)
+    vision = _vision_config(hf)
+    nv = visual_token_count(cfg, vision, hf.model_type not in _NO_CLS)
+    return nv, int(vision.hidden_size)
+
+
 def _load_tower(name_or_path: str, model_type: str, dtype: torch.dtype):
     import transformers
 
@@ -109,14 +127,7 @@ class VisualEncoder(FrozenEncoder):
     @property
     def num_tokens(self) -> int:
         """Nv: tokens per frame for the configured token mode."""
-        vc = _vision_config(self.tower.config)
-        patches = (vc.image_size // vc.patch_size) ** 2
-        mode = self.cfg.token_mode
-        if mode == "cls":
-            return 1
-        if mode == "pooled":
-            return self.cfg.pooled_tokens
-        return patches + (1 if self.has_cls and mode == "all" else 0)
+        return visual_token_count(self.cfg, _vision_config(self.tower.config), self.has_cls)
 
     def _select_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, [1+]P, D) → (N, Nv, D) per ``token_mode``."""

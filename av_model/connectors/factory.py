@@ -1,0 +1,42 @@
+"""Build the configured connector for resolved feature sizes (one place maps config → class)."""
+
+from __future__ import annotations
+
+import math
+
+from av_model.config import ConnectorConfig, FeatureDims, ModelConfig
+from av_model.configlib import ConfigError
+from av_model.connectors.base import Connector
+from av_model.connectors.linear import LinearConfig, LinearConnector
+from av_model.connectors.mrc import MultiResQFormer
+from av_model.connectors.qformer import QFormerConfig, WindowedQFormer
+from av_model.sync import frames_per_slot
+
+
+def qformer_config(c: ConnectorConfig, dims: FeatureDims, fps: float,
+                   llm_dim: int) -> QFormerConfig:
+    """Seconds → slots; L = max(Nv, audio frames per slot)."""
+    slot_tokens = max(dims.video_tokens, frames_per_slot(fps, dims.audio_rate))
+    return QFormerConfig(
+        video_dim=dims.video_dim, audio_dim=dims.audio_dim, slot_tokens=slot_tokens,
+        llm_dim=llm_dim, hidden=c.hidden, heads=c.heads, layers=c.layers,
+        window_slots=tuple(int(round(w * fps)) for w in c.window_s), queries=c.queries,
+        max_slots=int(math.ceil(c.max_s * fps)), video_proj_dim=c.video_proj_dim,
+        audio_proj_dim=c.audio_proj_dim, ffn_dim=c.ffn_dim, dropout=c.dropout,
+        causal=c.causal, causal_heads=c.causal_heads, causal_compat=c.causal_compat,
+        diversity_weight=c.diversity_weight)
+
+
+def build_connector(cfg: ModelConfig, llm_dim: int) -> Connector:
+    dims, c = cfg.dims, cfg.connector
+    if not dims.resolved:
+        raise ConfigError("dims", "feature sizes are unresolved; fill them from the encoders "
+                          "(av_model.encoders.feature_dims) or the feature shards")
+    if c.kind == "linear":
+        return LinearConnector(LinearConfig(dims.video_dim, dims.audio_dim, dims.video_tokens,
+                                            llm_dim, visual_cls=c.visual_cls))
+    try:
+        qcfg = qformer_config(c, dims, cfg.encoders.fps, llm_dim)
+    except ConfigError as err:
+        raise ConfigError(f"connector.{err.field}", str(err).split(": ", 1)[1]) from None
+    return MultiResQFormer(qcfg) if c.kind == "mrc_qformer" else WindowedQFormer(qcfg)

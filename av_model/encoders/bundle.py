@@ -1,0 +1,72 @@
+"""All frozen encoders of a model behind one call: decoded media → feature tensors.
+
+Why a bundle: serving and evaluation turn raw media into exactly the features ingest stored
+(same classes, same order, same audio-stream join), and training must be able to build the
+connector from the encoder identities without loading any weights (``feature_dims``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from av_model.config import EncodersConfig, FeatureDims
+from av_model.encoders.audio import AudioEventEncoder, WhisperAudioEncoder, whisper_frame_rate
+from av_model.encoders.visual import VisualEncoder, visual_dims
+
+Tensor = torch.Tensor
+
+
+def feature_dims(cfg: EncodersConfig) -> FeatureDims:
+    """Connector input sizes from the encoders' config files (no weights loaded)."""
+    nv, dv = visual_dims(cfg.visual)
+    da = int(AutoConfig.from_pretrained(cfg.audio.name_or_path).d_model)
+    if cfg.audio_events.name_or_path:
+        da += int(AutoConfig.from_pretrained(cfg.audio_events.name_or_path).hidden_size)
+    return FeatureDims(video_dim=dv, video_tokens=nv, audio_dim=da,
+                       audio_rate=whisper_frame_rate(cfg.audio.name_or_path))
+
+
+def join_audio(audio: Tensor, events: Tensor | None) -> Tensor:
+    """Whisper frames (A, Dw) ‖ audio-event tokens (E, De) upsampled to the Whisper rate.
+
+    Events come at a lower rate (AST: 10 Hz vs 50 Hz); each event token is repeated over the
+    Whisper frames it covers, then trimmed or zero-padded to A, so the two streams line up
+    frame for frame (video-SALMONN concatenates Whisper and BEATs the same way).
+    """
+    if events is None:
+        return audio
+    a = audio.shape[0]
+    if events.shape[0] == 0:
+        return torch.cat([audio, audio.new_zeros(a, events.shape[1])], dim=-1)
+    ratio = max(1, round(a / events.shape[0]))
+    up = events.to(audio.dtype).repeat_interleave(ratio, dim=0)[:a]      # (≤A, De)
+    up = torch.cat([up, up.new_zeros(a - up.shape[0], up.shape[1])])     # (A, De)
+    return torch.cat([audio, up], dim=-1)                                # (A, Dw + De)
+
+
+class AVEncoders(nn.Module):
+    """Visual tower + Whisper (+ audio events), frozen; ``encode`` mirrors ingest exactly."""
+
+    def __init__(self, cfg: EncodersConfig, device: str | torch.device | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisualEncoder(cfg.visual, device)
+        self.audio = WhisperAudioEncoder(cfg.audio, device)
+        self.events = AudioEventEncoder(cfg.audio_events, device) \
+            if cfg.audio_events.name_or_path else None
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray | None,
+               waveform: np.ndarray | None) -> tuple[Tensor | None, Tensor | None]:
+        """(T, S, S, 3) uint8 frames, 16 kHz mono float waveform → video, joined audio."""
+        video = None if frames is None or len(frames) == 0 else \
+            torch.from_numpy(self.visual.encode(frames))
+        audio = None
+        if waveform is not None and len(waveform) > 0:
+            audio = torch.from_numpy(self.audio.encode([waveform])[0])
+            events = torch.from_numpy(self.events.encode([waveform])[0]) if self.events else None
+            audio = join_audio(audio, events)
+        return video, audio
