@@ -27,7 +27,8 @@ class VisualEncoderConfig:
     layer: int = -1
     # all = [CLS] + patches, cls = [CLS] only, patches = patches only,
     # pooled = patch grid average-pooled to `pooled_tokens` (a square number) tokens,
-    # qformer = the checkpoint's own frozen Q-Former queries (BLIP-2 / InstructBLIP; FAVOR).
+    # qformer = the checkpoint's own frozen Q-Former queries (BLIP-2 / InstructBLIP; FAVOR);
+    # `layer` is then unused (BLIP reads the tower's final output).
     token_mode: TokenMode = "all"
     pooled_tokens: int = 4
     dtype: DTypeName = "float32"
@@ -189,7 +190,11 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class FeatureDims:
-    """Feature sizes the connector is built for; 0 = read from the encoder configs."""
+    """Feature sizes the connector is built for; 0 = read from the encoder configs.
+
+    Presets state them (facts about the named checkpoints), so training builds the connector
+    without fetching anything; loading the encoders checks them.
+    """
 
     video_dim: int = 0       # Dv
     video_tokens: int = 0    # Nv per frame
@@ -221,7 +226,7 @@ class ModelConfig:
 
 _VICUNA13B = LLMConfig("lmsys/vicuna-13b-v1.5", dtype="bfloat16", template="vicuna",
                        gradient_checkpointing=True)
-_EVA_INSTRUCTBLIP = VisualEncoderConfig("Salesforce/instructblip-vicuna-13b", layer=-2,
+_EVA_INSTRUCTBLIP = VisualEncoderConfig("Salesforce/instructblip-vicuna-13b",
                                         token_mode="qformer", dtype="bfloat16")
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
@@ -233,7 +238,8 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                                                          dtype="bfloat16")),
         connector=ConnectorConfig("causal_qformer", window_s=(5.0,), queries=(32,),
                                   audio_proj_dim=768),
-        llm=_VICUNA13B),
+        llm=_VICUNA13B,
+        dims=FeatureDims(video_dim=768, video_tokens=32, audio_dim=1280, audio_rate=50.0)),
     # video-SALMONN: adds an audio-event encoder; MRC with 5 s/30 queries and 0.5 s/3
     # queries (6 tokens/s each), diversity loss on.
     "salmonn-vicuna13b": ModelConfig(
@@ -244,7 +250,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                                                  dtype="bfloat16")),
         connector=ConnectorConfig("mrc_qformer", window_s=(5.0, 0.5), queries=(30, 3),
                                   audio_proj_dim=1536, diversity_weight=0.01),
-        llm=_VICUNA13B),
+        llm=_VICUNA13B,
+        dims=FeatureDims(video_dim=768, video_tokens=32, audio_dim=1280 + 768,
+                         audio_rate=50.0)),
     # Audio-Visual LLM: CLIP ViT-L/14 + audio; linear projectors. The paper's CLAP audio
     # tower has no time-resolved transformers port we support yet, so Whisper-large-v2 plus
     # AST audio events stand in for it.
@@ -257,7 +265,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                                                  dtype="bfloat16")),
         connector=ConnectorConfig("linear", window_s=(0.0,), queries=(1,)),
         llm=LLMConfig("lmsys/vicuna-7b-v1.5", dtype="bfloat16", template="vicuna",
-                      gradient_checkpointing=True)),
+                      gradient_checkpointing=True),
+        dims=FeatureDims(video_dim=1024, video_tokens=257, audio_dim=1280 + 768,
+                         audio_rate=50.0)),
     # One GPU: CLIP ViT-B/16 (pooled to 16 tokens/frame) + whisper-small + Qwen2.5-0.5B.
     "small-qwen0.5b": ModelConfig(
         encoders=EncodersConfig(
@@ -266,5 +276,6 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
             audio=AudioEncoderConfig("openai/whisper-small")),
         connector=ConnectorConfig("causal_qformer", hidden=256, heads=4, ffn_dim=1024,
                                   window_s=(5.0,), queries=(32,), causal_heads=12),
-        llm=LLMConfig("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16")),
+        llm=LLMConfig("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16"),
+        dims=FeatureDims(video_dim=768, video_tokens=16, audio_dim=768, audio_rate=50.0)),
 }

@@ -60,7 +60,11 @@ def apply_mode(model: PreTrainedModel, cfg: LLMConfig,
     if cfg.gradient_checkpointing:
         # Non-reentrant: the LLM's inputs are connector outputs that carry gradients, and the
         # frozen embedding table must not need requires_grad hooks.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     return model
 

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from av_model.config import ModelConfig
+from av_model.configlib import ConfigError
 from av_model.connectors.base import Connector
 from av_model.connectors.factory import build_connector
 from av_model.encoders.bundle import AVEncoders, feature_dims
@@ -113,6 +114,9 @@ class AVModel(nn.Module):
         llm = build_llm(cfg.llm, processor.tokenizer, path=llm_path, adapter_path=adapter_path)
         connector = build_connector(cfg, llm.get_input_embeddings().embedding_dim)
         encoders = AVEncoders(cfg.encoders, device="cpu") if load_encoders else None
+        if encoders is not None and encoders.dims() != cfg.dims:
+            raise ConfigError("dims", f"{cfg.dims} does not match the encoders' "
+                              f"{encoders.dims()}")
         return cls(cfg, tokenizer, llm, connector, encoders)
 
     # ------------------------------------------------------------------ step 0: features

@@ -24,7 +24,8 @@ from collections.abc import Iterable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, CLIPImageProcessor,
-                          CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
+                          CLIPVisionConfig, CLIPVisionModel, InstructBlipConfig,
+                          InstructBlipForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
                           WhisperModel)
 
@@ -97,6 +98,23 @@ def save_tiny_ast(out: Path, sizes: TinySizes, seed: int) -> Path:
                     patch_size=16, frequency_stride=16, time_stride=10)
     ASTModel(cfg).save_pretrained(out)
     ASTFeatureExtractor(num_mel_bins=32, max_length=max_length).save_pretrained(out)
+    return out
+
+
+def save_tiny_instructblip(out: Path, sizes: TinySizes, seed: int) -> Path:
+    """A whole tiny InstructBLIP (vision + Q-Former + LM), for the ``qformer`` token mode."""
+    torch.manual_seed(seed + 4)
+    d = sizes.vision_dim
+    cfg = InstructBlipConfig(
+        vision_config=dict(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=sizes.image_size,
+                           patch_size=sizes.patch_size),
+        qformer_config=dict(hidden_size=d, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=2 * d, encoder_hidden_size=d, vocab_size=100),
+        text_config=dict(model_type="llama", hidden_size=d, intermediate_size=2 * d,
+                         num_hidden_layers=1, num_attention_heads=2, vocab_size=100),
+        num_query_tokens=4)
+    InstructBlipForConditionalGeneration(cfg).save_pretrained(out)
     return out
 
 

@@ -37,6 +37,7 @@ def build_connector(cfg: ModelConfig, llm_dim: int) -> Connector:
                                             llm_dim, visual_cls=c.visual_cls))
     try:
         qcfg = qformer_config(c, dims, cfg.encoders.fps, llm_dim)
+        return MultiResQFormer(qcfg) if c.kind == "mrc_qformer" else WindowedQFormer(qcfg)
     except ConfigError as err:
-        raise ConfigError(f"connector.{err.field}", str(err).split(": ", 1)[1]) from None
-    return MultiResQFormer(qcfg) if c.kind == "mrc_qformer" else WindowedQFormer(qcfg)
+        field = {"window_slots": "window_s", "max_slots": "max_s"}.get(err.field, err.field)
+        raise ConfigError(f"connector.{field}", str(err).split(": ", 1)[1]) from None

@@ -58,6 +58,13 @@ class AVEncoders(nn.Module):
         self.events = AudioEventEncoder(cfg.audio_events, device) \
             if cfg.audio_events.name_or_path else None
 
+    def dims(self) -> FeatureDims:
+        """The sizes these loaded encoders produce (checked against a model's config)."""
+        da = self.audio.hidden_size + (self.events.hidden_size if self.events else 0)
+        return FeatureDims(video_dim=self.visual.hidden_size,
+                           video_tokens=self.visual.num_tokens, audio_dim=da,
+                           audio_rate=self.audio.frame_rate)
+
     @torch.no_grad()
     def encode(self, frames: np.ndarray | None,
                waveform: np.ndarray | None) -> tuple[Tensor | None, Tensor | None]:

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModel
 
 from av_model.config import VisualEncoderConfig
 from av_model.configlib import check
+from av_model.encoders.blip import BlipQFormerTower, supports_qformer_tokens
 from av_model.encoders.common import FrozenEncoder, default_device, freeze, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ def visual_input_spec(cfg: VisualEncoderConfig) -> VisualInputSpec:
     depth = int(vision.num_hidden_layers) + 1  # hidden_states: embeddings + every layer
     check(-depth <= cfg.layer < depth, "layer",
           f"{cfg.name_or_path} has hidden states 0..{depth - 1}, got {cfg.layer}")
+    check(cfg.token_mode != "qformer" or supports_qformer_tokens(hf.model_type), "token_mode",
+          f"qformer needs a BLIP-2 or InstructBLIP checkpoint, {cfg.name_or_path} is "
+          f"{hf.model_type}")
     mean, std = _processor_stats(cfg.name_or_path)
     return VisualInputSpec(int(vision.image_size), mean, std, hf.model_type)
 
@@ -83,6 +87,8 @@ def visual_input_spec(cfg: VisualEncoderConfig) -> VisualInputSpec:
 def visual_token_count(cfg: VisualEncoderConfig, vision_config, has_cls: bool) -> int:
     """Nv for a token mode, from the tower's config alone (no weights)."""
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    if cfg.token_mode == "qformer":
+        return int(hf_num_queries(cfg))
     if cfg.token_mode == "cls":
         return 1
     if cfg.token_mode == "pooled":
@@ -90,9 +96,15 @@ def visual_token_count(cfg: VisualEncoderConfig, vision_config, has_cls: bool) -
     return patches + (1 if has_cls and cfg.token_mode == "all" else 0)
 
 
+def hf_num_queries(cfg: VisualEncoderConfig) -> int:
+    return int(AutoConfig.from_pretrained(cfg.name_or_path).num_query_tokens)
+
+
 def visual_dims(cfg: VisualEncoderConfig) -> tuple[int, int]:
     """(Nv, Dv) of this tower and token mode, read from config files only."""
     hf = AutoConfig.from_pretrained(cfg.name_or_path)
+    if cfg.token_mode == "qformer":
+        return int(hf.num_query_tokens), int(hf.qformer_config.hidden_size)
     vision = _vision_config(hf)
     nv = visual_token_count(cfg, vision, hf.model_type not in _NO_CLS)
     return nv, int(vision.hidden_size)
@@ -113,8 +125,11 @@ class VisualEncoder(FrozenEncoder):
         super().__init__()
         self.cfg = cfg
         self.spec = visual_input_spec(cfg)
-        self.tower = freeze(_load_tower(cfg.name_or_path, self.spec.model_type,
-                                        torch_dtype(cfg.dtype)))
+        if cfg.token_mode == "qformer":
+            self.tower = freeze(BlipQFormerTower(cfg.name_or_path, torch_dtype(cfg.dtype)))
+        else:
+            self.tower = freeze(_load_tower(cfg.name_or_path, self.spec.model_type,
+                                            torch_dtype(cfg.dtype)))
         self.has_cls = self.spec.model_type not in _NO_CLS
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
@@ -122,6 +137,8 @@ class VisualEncoder(FrozenEncoder):
 
     @property
     def hidden_size(self) -> int:
+        if self.cfg.token_mode == "qformer":
+            return self.tower.hidden_size
         return int(_vision_config(self.tower.config).hidden_size)
 
     @property
@@ -151,6 +168,8 @@ class VisualEncoder(FrozenEncoder):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels: (N, 3, S, S) float in [0, 1] → (N, Nv, Dv)."""
         x = ((pixels - self.mean) / self.std).to(self.dtype)
+        if self.cfg.token_mode == "qformer":
+            return self.tower(x)                     # (N, Q, Hq): the BLIP Q-Former's queries
         want_layer = self.cfg.layer != -1
         out = self.tower(pixel_values=x, output_hidden_states=want_layer)
         hidden = out.hidden_states[self.cfg.layer] if want_layer else out.last_hidden_state

@@ -78,3 +78,36 @@ def test_encoders_are_frozen(whisper, tiny_encoders):
     with torch.enable_grad():
         out = vis(torch.rand(1, 3, 32, 32))
     assert not out.requires_grad
+
+
+def test_instructblip_qformer_token_mode_reads_only_vision_and_qformer(tmp_path):
+    """token_mode=qformer gives the checkpoint's own Q-Former queries per frame (FAVOR)."""
+    from transformers import InstructBlipForConditionalGeneration
+
+    from av_model.encoders import visual_dims
+    from av_model.tiny import TinySizes, save_tiny_instructblip
+
+    path = save_tiny_instructblip(tmp_path / "iblip", TinySizes(), seed=0)
+    cfg = VisualEncoderConfig(str(path), token_mode="qformer")
+    assert visual_dims(cfg) == (4, 32)
+    enc = VisualEncoder(cfg, device="cpu")
+    assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == 0
+    assert not any("language_model" in n for n, _ in enc.named_parameters())
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    out = enc.encode(frames)
+    assert out.shape == (3, 4, 32) == (3, enc.num_tokens, enc.hidden_size)
+    full = InstructBlipForConditionalGeneration.from_pretrained(path).eval()
+    pixels = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - enc.mean) / enc.std
+    with torch.no_grad():
+        image = full.vision_model(pixel_values=pixels).last_hidden_state
+        want = full.qformer(input_ids=None, query_embeds=full.query_tokens.expand(3, -1, -1),
+                            encoder_hidden_states=image).last_hidden_state
+    np.testing.assert_allclose(out, want.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="token_mode"):
+        visual_input_spec(VisualEncoderConfig(_clip_path(tmp_path), token_mode="qformer"))
+
+
+def _clip_path(tmp_path):
+    from av_model.tiny import TinySizes, save_tiny_visual
+
+    return str(save_tiny_visual(tmp_path / "clip", TinySizes(), seed=0))

@@ -1,52 +1,34 @@
-"""Causal windowed Q-Former: shapes, lengths, causality, window independence, masks, loss."""
-
-import dataclasses
+"""Windowed (causal) Q-Former: shapes, lengths, causality, window independence, masks, loss,
+and parity with transformers' Blip2QFormerModel."""
 
 import pytest
 import torch
 
 from av_model.configlib import ConfigError
-from av_model.connectors import CausalQFormer, QFormerConfig, QFormerLayer
-from av_model.connectors.qformer import frame_block_mask, mean_pairwise_cosine
-from av_model.sync import SyncedBatch
+from av_model.connectors import QFormerConfig, QFormerLayer, WindowedQFormer
+from av_model.connectors.qformer import frame_block_mask
+from av_model.losses import mean_pairwise_cosine
+from tests.av_model.conn_helpers import DA, DV, L, make_batch, with_features
 
-L, DC, W, Q, H = 5, 12, 3, 4, 32
+W, Q, H, DC = 3, 4, 32, DV + DA
 
 
 def cfg(**kw) -> QFormerConfig:
-    base = dict(input_dim=DC, llm_dim=16, hidden=H, heads=4, layers=2, queries=Q,
-                window_slots=W)
+    base = dict(video_dim=DV, audio_dim=DA, slot_tokens=L, llm_dim=16, hidden=H, heads=4,
+                layers=2, queries=(Q,), window_slots=(W,), ffn_dim=64, causal_heads=2)
     return QFormerConfig(**{**base, **kw})
 
 
-def make_batch(num_slots: list[int], seed: int = 0) -> SyncedBatch:
-    """Random features; slots past num_slots[i] are zero and masked, like synchronise()."""
-    g = torch.Generator().manual_seed(seed)
-    b, s = len(num_slots), max(num_slots)
-    ns = torch.tensor(num_slots)
-    slot_mask = torch.arange(s)[None] < ns[:, None]                  # (B, S)
-    token_mask = slot_mask[..., None].expand(b, s, L).clone()        # (B, S, L)
-    token_mask[:, :, L - 1] = False                                  # one padding token per slot
-    feats = torch.randn(b, s, L, DC, generator=g) * slot_mask[..., None, None]
-    return SyncedBatch(feats, slot_mask, token_mask, torch.ones(b, dtype=torch.bool),
-                       torch.ones(b, dtype=torch.bool), ns)
-
-
-def model(seed: int = 0, **kw) -> CausalQFormer:
+def model(seed: int = 0, **kw) -> WindowedQFormer:
     torch.manual_seed(seed)
-    return CausalQFormer(cfg(**kw)).eval()
-
-
-def with_features(batch: SyncedBatch, feats: torch.Tensor) -> SyncedBatch:
-    return dataclasses.replace(batch, features=feats)
+    return WindowedQFormer(cfg(**kw)).eval()
 
 
 def test_shapes_lengths_and_padding_windows_are_zero():
     m, batch = model(), make_batch([7, 3])
     out = m(batch)
     assert out.embeds.shape == (2, 3 * Q, 16)
-    assert out.lengths.tolist() == [12, 4]
-    assert out.lengths.dtype == torch.long
+    assert out.lengths.tolist() == [12, 4] and out.lengths.dtype == torch.long
     assert [m.tokens_for(7), m.tokens_for(3), m.tokens_for(6)] == [12, 4, 8]
     assert torch.all(out.embeds[1, 4:] == 0)
     assert torch.all(out.embeds[0].abs().sum(-1) > 0)
@@ -54,7 +36,7 @@ def test_shapes_lengths_and_padding_windows_are_zero():
     assert out.aux_loss.shape == () and out.aux_loss.item() == 0.0
 
 
-def _causal_outputs(causal: bool, compat: bool, x: torch.Tensor) -> torch.Tensor:
+def _causal_outputs(compat: bool, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
     torch.manual_seed(0)
     layer = QFormerLayer(cfg(causal=causal, causal_compat=compat)).eval()
     slot_ids = torch.arange(W).repeat_interleave(L)                  # (W*L,)
@@ -63,27 +45,32 @@ def _causal_outputs(causal: bool, compat: bool, x: torch.Tensor) -> torch.Tensor
 
 
 def test_causal_module_sees_only_itself_and_earlier_slots():
-    x = torch.randn(1, W * L, H)
+    x = torch.randn(1, W * L, DC)
     later = x.clone()
-    later[:, 2 * L:] += torch.randn(1, L, H)                         # perturb slot 2
+    later[:, 2 * L:] += torch.randn(1, L, DC)                        # perturb slot 2
     earlier = x.clone()
-    earlier[:, :L] += torch.randn(1, L, H)                           # perturb slot 0
-    a, b = _causal_outputs(True, False, x), _causal_outputs(True, False, later)
+    earlier[:, :L] += torch.randn(1, L, DC)                          # perturb slot 0
+    a, b = _causal_outputs(False, x), _causal_outputs(False, later)
     torch.testing.assert_close(a[:, :2 * L], b[:, :2 * L], atol=1e-6, rtol=0)
-    c = _causal_outputs(True, False, earlier)
+    c = _causal_outputs(False, earlier)
     assert (a[:, L:] - c[:, L:]).abs().amax() > 1e-3                 # later slots see slot 0
     # compat (released code): itself and LATER slots — the opposite direction.
-    a, c = _causal_outputs(True, True, x), _causal_outputs(True, True, earlier)
+    a, c = _causal_outputs(True, x), _causal_outputs(True, earlier)
     torch.testing.assert_close(a[:, L:], c[:, L:], atol=1e-6, rtol=0)
-    b = _causal_outputs(True, True, later)
+    b = _causal_outputs(True, later)
     assert (a[:, :2 * L] - b[:, :2 * L]).abs().amax() > 1e-3
-    # causal=False skips the module (identity); the same attention with no block mask leaks.
-    torch.testing.assert_close(_causal_outputs(False, False, x), x)
-    torch.manual_seed(0)
-    layer = QFormerLayer(cfg()).eval()
-    full = torch.ones(1, W * L, W * L, dtype=torch.bool)
-    a, b = layer.attend_inputs(x, full), layer.attend_inputs(later, full)
-    assert (a[:, :2 * L] - b[:, :2 * L]).abs().amax() > 1e-3
+    torch.testing.assert_close(_causal_outputs(False, x, causal=False), x)  # module off
+
+
+def test_perturbing_a_frame_leaves_earlier_windows_unchanged():
+    batch = make_batch([9])
+    moved = batch.features.clone()
+    moved[0, 7] += torch.randn(L, DC)                                # slot 7 = window 2
+    for compat in (False, True):
+        m = model(causal_compat=compat)
+        a, b = m(batch).embeds, m(with_features(batch, moved)).embeds
+        torch.testing.assert_close(a[0, :2 * Q], b[0, :2 * Q], atol=1e-6, rtol=0)
+        assert (a[0, 2 * Q:] - b[0, 2 * Q:]).abs().amax() > 1e-4
 
 
 def test_block_mask_excludes_padding_keys_and_keeps_diagonal():
@@ -97,29 +84,45 @@ def test_block_mask_excludes_padding_keys_and_keeps_diagonal():
 def test_windows_are_independent_and_clip_level_mixes_everything():
     batch = make_batch([7, 3])
     moved = batch.features.clone()
-    moved[0, 4] += torch.randn(L, DC)                                # slot 4 = window 2
+    moved[0, 4] += torch.randn(L, DC)                                # slot 4 = window 1
     m = model()
     a, b = m(batch).embeds, m(with_features(batch, moved)).embeds
     torch.testing.assert_close(a[0, :Q], b[0, :Q], atol=1e-6, rtol=0)
     torch.testing.assert_close(a[0, 2 * Q:], b[0, 2 * Q:], atol=1e-6, rtol=0)
     torch.testing.assert_close(a[1], b[1], atol=1e-6, rtol=0)
     assert (a[0, Q:2 * Q] - b[0, Q:2 * Q]).abs().amax(-1).min() > 1e-5
-    clip = model(window_slots=0)
+    clip = model(window_slots=(0,), max_slots=16)
     a, b = clip(batch).embeds, clip(with_features(batch, moved)).embeds
     assert a.shape == (2, Q, 16)
     assert clip(batch).lengths.tolist() == [Q, Q] and clip.tokens_for(7) == Q
     assert (a[0] - b[0]).abs().amax(-1).min() > 1e-5                 # every token changes
+    with pytest.raises(ValueError, match="max_slots"):
+        model(window_slots=(0,), max_slots=4)(batch)
 
 
-def test_masked_tokens_are_ignored():
+def test_masked_tokens_are_ignored_unless_compat():
     batch = make_batch([7, 3])
     hidden = ~batch.token_mask[..., None]                           # (B, S, L, 1)
     noisy = batch.features + 100.0 * torch.randn_like(batch.features) * hidden
     for causal in (True, False):
-        m = model(causal=causal)
+        m = model(causal=causal, audio_proj_dim=6)
         torch.testing.assert_close(m(batch).embeds, m(with_features(batch, noisy)).embeds,
                                    atol=1e-6, rtol=0)
     assert not torch.equal(noisy, batch.features)
+
+
+def test_zeroed_modality_equals_the_no_modality_path():
+    """A sample whose audio is absent gives the same tokens whatever sits in its audio dims,
+    and the same as the same video with audio zeroed: the mask, not the values, decides."""
+    batch = make_batch([4, 4], video=[True, True], audio=[True, False])
+    m = model(audio_proj_dim=6)
+    ref = m(batch).embeds[1]
+    noisy = batch.features.clone()
+    noisy[1, :, :, DV:] = torch.randn(4, L, DA)
+    torch.testing.assert_close(m(with_features(batch, noisy)).embeds[1], ref, atol=1e-6, rtol=0)
+    alone = make_batch([4], video=[True], audio=[False])
+    alone = with_features(alone, batch.features[1:2])
+    torch.testing.assert_close(m(alone).embeds[0], ref, atol=1e-5, rtol=0)
 
 
 def test_diversity_cosine_helper_and_aux_loss():
@@ -137,23 +140,52 @@ def test_diversity_cosine_helper_and_aux_loss():
 
 
 def test_gradients_flow_and_fully_padded_window_gives_no_nan():
-    m = model(diversity_weight=0.1).train()
+    m = model(diversity_weight=0.1, audio_proj_dim=6).train()
     batch = make_batch([7, 1])                                       # sample 1: 2 padding windows
     batch.token_mask[1, 0] = False                                   # and no real token at all
     out = m(batch)
     assert torch.isfinite(out.embeds).all() and torch.isfinite(out.aux_loss)
     (out.embeds.sum() + out.aux_loss).backward()
-    for name in ("queries", "pos", "in_proj.0.weight", "out_proj.weight",
-                 "layers.0.in_attn.q.weight", "layers.1.cross_attn.k.weight"):
+    for name in ("queries.0", "pos", "audio_proj.weight", "out_proj.weight",
+                 "qformer.layers.0.causal.q.weight", "qformer.layers.1.cross_attn.k.weight"):
         grad = dict(m.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+def test_parity_with_transformers_blip2_qformer():
+    """Causal module off, the Q-Former stack equals Blip2QFormerModel on shared weights."""
+    from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+    from av_model.convert import blip2_to_ours
+
+    hf_cfg = Blip2QFormerConfig(hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, encoder_hidden_size=DC,
+                                cross_attention_frequency=1, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)
+    torch.manual_seed(1)
+    ref = Blip2QFormerModel(hf_cfg).eval()
+    ours = model(causal=False)
+    missing = ours.qformer.load_state_dict(blip2_to_ours(ref.state_dict()), strict=True)
+    assert not missing.missing_keys
+    queries = torch.randn(3, Q, H)
+    ctx = torch.randn(3, 2 * L, DC)
+    keys = torch.ones(3, 2 * L, dtype=torch.bool)
+    keys[1, 7:] = False
+    block = torch.ones(3, 2 * L, 2 * L, dtype=torch.bool)
+    with torch.no_grad():
+        want = ref(query_embeds=queries, encoder_hidden_states=ctx,
+                   encoder_attention_mask=keys.long()).last_hidden_state
+        got = ours.qformer(queries, ctx, keys, block)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kw, field", [
     (dict(hidden=30), "hidden"),
-    (dict(queries=0), "queries"),
-    (dict(window_slots=-1), "window_slots"),
+    (dict(queries=(0,)), "queries"),
+    (dict(queries=(4, 2)), "queries"),
+    (dict(window_slots=(-1,)), "window_slots"),
     (dict(causal=False, causal_compat=True), "causal_compat"),
+    (dict(causal_heads=5), "causal_heads"),
     (dict(dropout=1.0), "dropout"),
     (dict(diversity_weight=-0.1), "diversity_weight"),
 ])

@@ -1,0 +1,166 @@
+"""AVModel on tiny random checkpoints: trainable sets, LoRA, checkpoints, generation, cache."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from av_model import checkpoint
+from av_model.model import AVModel, FeatureCache, GenerateOptions, Sample
+from tests.av_model.model_helpers import TURNS, features, tiny_config
+
+KINDS = ["causal_qformer", "qformer", "mrc_qformer", "linear"]
+
+
+def _samples():
+    v, a = features()
+    return [Sample(TURNS, video=v, audio=a),
+            Sample([{"role": "user", "content": "Listen."},
+                    {"role": "assistant", "content": "two beeps"}], audio=a[:60]),
+            Sample([{"role": "user", "content": "<VIS> Look."},
+                    {"role": "assistant", "content": "a square"}], video=v[:1], image=False),
+            Sample([{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "hi"}])]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_connector_trains_end_to_end(tiny_encoders, kind):
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders, kind), load_encoders=False)
+    batch = model.collate(_samples())
+    out = model(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.connector.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    media = [model.media_tokens(s) for s in _samples()]
+    ids = batch["input_ids"]
+    assert torch.isin(ids, model.media_ids).sum(1).tolist() == media
+    assert media[-1] == 0
+
+
+def test_lora_trains_connector_and_adapter_only(tiny_encoders):
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=True)
+    assert sum(p.numel() for p in model.encoders.parameters() if p.requires_grad) == 0
+    model.train()
+    assert not model.encoders.visual.training and not model.encoders.audio.training
+    base = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_B" in n}
+    conn = {n: p.detach().clone() for n, p in model.connector.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    model(**model.collate(_samples())).loss.backward()
+    opt.step()
+    for n, p in model.llm.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), n
+    assert all(not torch.equal(dict(model.llm.named_parameters())[n], v) for n, v in lora.items())
+    assert all(not torch.equal(dict(model.connector.named_parameters())[n], v)
+               for n, v in conn.items())
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_frozen_and_full_modes(tiny_encoders, mode):
+    model = AVModel.build(tiny_config(tiny_encoders, mode=mode), load_encoders=False)
+    llm_trainable = {p.requires_grad for p in model.llm.parameters()}
+    assert llm_trainable == ({False} if mode == "frozen" else {True})
+    assert all(p.requires_grad for p in model.connector.parameters())
+
+
+@pytest.mark.parametrize("mode", ["lora", "full", "frozen"])
+def test_save_load_round_trip_gives_identical_logits(tiny_encoders, tmp_path, mode):
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_encoders, "mrc_qformer", mode=mode, diversity_weight=0.01)
+    model = AVModel.build(cfg, load_encoders=False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**model.collate(_samples())).loss.backward()
+    opt.step()                                           # LoRA B is no longer zero
+    model.eval()
+    with torch.no_grad():
+        want = model(**model.collate(_samples())).logits
+    checkpoint.save(model, tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert {"avray.yaml", "connector.safetensors", "tokenizer"} <= set(files)
+    assert ("adapter" in files) == (mode == "lora") and ("llm" in files) == (mode == "full")
+    again = checkpoint.load(tmp_path / "ckpt", load_encoders=False)
+    with torch.no_grad():
+        got = again(**again.collate(_samples())).logits
+    assert torch.equal(got, want)
+    if mode == "lora":
+        checkpoint.save(model, tmp_path / "merged", merge=True)
+        merged = checkpoint.load(tmp_path / "merged", load_encoders=False)
+        assert merged.cfg.llm.mode == "full"
+        with torch.no_grad():
+            torch.testing.assert_close(merged(**merged.collate(_samples())).logits, want,
+                                       atol=1e-4, rtol=1e-4)
+    with pytest.raises(FileNotFoundError, match="not an avray checkpoint"):
+        checkpoint.load(tmp_path, load_encoders=False)
+
+
+def test_generate_greedy_beam_sampling_and_stop(tiny_encoders):
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).eval()
+    prompts = [Sample(s.turns[:1], s.video, s.audio) for s in _samples()]
+    greedy = model.generate(prompts, GenerateOptions(max_new_tokens=6))
+    assert len(greedy) == 4 and all(isinstance(t, str) for t in greedy)
+    assert greedy == model.generate(prompts, GenerateOptions(max_new_tokens=6))  # deterministic
+    single = model.generate(prompts[:1], GenerateOptions(max_new_tokens=6))
+    assert single[0] == greedy[0]                        # left padding does not change answers
+    beams = model.generate(prompts[:2], GenerateOptions(max_new_tokens=4, num_beams=3))
+    torch.manual_seed(1)
+    sampled = model.generate(prompts[:2], GenerateOptions(max_new_tokens=4, do_sample=True,
+                                                          temperature=0.8, top_p=0.9))
+    assert len(beams) == len(sampled) == 2
+    if len(greedy[0]) > 1:
+        stop = greedy[0][1]
+        cut = model.generate(prompts[:1], GenerateOptions(max_new_tokens=6, stop=(stop,)))
+        assert stop not in cut[0] and greedy[0].startswith(cut[0])
+
+
+def test_raw_media_encoding_uses_the_cache(tiny_encoders):
+    model = AVModel.build(tiny_config(tiny_encoders, events=True), load_encoders=True)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    wave = np.random.default_rng(1).standard_normal(32000).astype(np.float32) * 0.1
+    v, a = model.encode_media(frames, wave, cache_key="conv1:clip")
+    assert v.shape == (4, 17, 32) and a.shape == (100, 64)     # Whisper 32 ‖ AST 32 dims
+    assert model.cache.misses == 1
+    v2, a2 = model.encode_media(frames, wave, cache_key="conv1:clip")
+    assert v2 is v and a2 is a and model.cache.hits == 1
+    cache = FeatureCache(max_items=2)
+    for k in "abc":
+        cache.put(k, k)
+    assert cache.get("a") is None and cache.get("c") == "c"
+
+
+def test_import_av_model_never_imports_ray_or_mlflow():
+    # sys.modules[name] = None makes `import name` raise ImportError (and find_spec say
+    # "not installed"), as on a machine without ray or mlflow.
+    code = ("import sys\n"
+            "sys.modules['ray'] = None\n"
+            "sys.modules['mlflow'] = None\n"
+            "import av_model, av_model.model, av_model.checkpoint, av_model.convert\n"
+            "import av_model.connectors.factory, av_model.tiny\n"
+            "assert not [m for m in sys.modules if m.startswith(('ray.', 'mlflow.'))]\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gradient_checkpointing_and_llm_dtype(tiny_encoders, dtype):
+    from tests.av_model.model_helpers import replace
+
+    cfg = tiny_config(tiny_encoders)
+    cfg = replace(cfg, llm=replace(cfg.llm, gradient_checkpointing=True, dtype=dtype))
+    torch.manual_seed(0)
+    model = AVModel.build(cfg, load_encoders=False).train()
+    assert next(model.llm.parameters()).dtype == getattr(torch, dtype)
+    out = model(**model.collate(_samples()))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    lora = [p.grad for n, p in model.llm.named_parameters() if "lora_A" in n]
+    assert lora and all(g is not None and g.abs().sum() > 0 for g in lora)
+    assert model.connector.out_proj.weight.grad.abs().sum() > 0
