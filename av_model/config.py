@@ -59,13 +59,15 @@ class AudioEncoderConfig:
 
 @dataclass(frozen=True)
 class AudioEventEncoderConfig:
-    """Optional frozen audio-event encoder (AST-style), time-resolved tokens (~10 Hz).
+    """Optional frozen audio-event encoder with time-resolved tokens: AST (~10 Hz) or CLAP.
 
     video-SALMONN pairs Whisper with BEATs; BEATs has no transformers port, so we use the
     Audio Spectrogram Transformer, pooled over frequency to keep one token per time step.
+    Audio-Visual LLM uses CLAP's HTSAT tower (3.2 Hz after frequency pooling).
     """
 
-    # None disables the encoder; e.g. "MIT/ast-finetuned-audioset-10-10-0.4593".
+    # None disables the encoder; e.g. "MIT/ast-finetuned-audioset-10-10-0.4593" or
+    # "laion/clap-htsat-unfused" (the model type picks the class).
     name_or_path: str | None = None
     dtype: DTypeName = "float32"
     chunks_per_forward: int = 8
@@ -253,15 +255,14 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         llm=_VICUNA13B,
         dims=FeatureDims(video_dim=768, video_tokens=32, audio_dim=1280 + 768,
                          audio_rate=50.0)),
-    # Audio-Visual LLM: CLIP ViT-L/14 + audio; linear projectors. The paper's CLAP audio
-    # tower has no time-resolved transformers port we support yet, so Whisper-large-v2 plus
-    # AST audio events stand in for it.
+    # Audio-Visual LLM: CLIP ViT-L/14 + CLAP audio (time-resolved HTSAT, 3.2 Hz) next to
+    # Whisper-large-v2 for speech; linear projectors.
     "avllm-vicuna7b": ModelConfig(
         encoders=EncodersConfig(
             visual=VisualEncoderConfig("openai/clip-vit-large-patch14", layer=-2,
                                        dtype="bfloat16"),
             audio=AudioEncoderConfig("openai/whisper-large-v2", dtype="bfloat16"),
-            audio_events=AudioEventEncoderConfig("MIT/ast-finetuned-audioset-10-10-0.4593",
+            audio_events=AudioEventEncoderConfig("laion/clap-htsat-unfused",
                                                  dtype="bfloat16")),
         connector=ConnectorConfig("linear", window_s=(0.0,), queries=(1,)),
         llm=LLMConfig("lmsys/vicuna-7b-v1.5", dtype="bfloat16", template="vicuna",

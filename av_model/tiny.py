@@ -6,7 +6,7 @@ the released ones (config.json, safetensors, preprocessor_config.json), so the s
 ``from_pretrained`` code loads them; only the sizes are small. Weights are seeded, so two
 builds with the same seed are identical.
 
-    avray tiny --out .cache/tiny        # writes visual/, audio/, audio_events/, llm/
+    avray tiny --out .cache/tiny   # visual/, audio/, audio_events/, llm/, model.yaml (preset)
 
 The tiny LLM's tokenizer is a byte-level BPE trained offline with ``tokenizers`` (so any
 text tokenizes); it has no chat template on purpose, so the Vicuna fallback is exercised.
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections.abc import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,6 +27,10 @@ from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, CLIPImagePro
                           InstructBlipForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
                           WhisperModel)
+
+from av_model.config import (AudioEncoderConfig, AudioEventEncoderConfig, ConnectorConfig,
+                             EncodersConfig, LLMConfig, ModelConfig, VisualEncoderConfig)
+from av_model.configlib import dump_yaml
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,24 @@ def save_tiny_instructblip(out: Path, sizes: TinySizes, seed: int) -> Path:
     return out
 
 
+def save_tiny_clap(out: Path, sizes: TinySizes, seed: int) -> Path:
+    """A tiny whole CLAP (text + HTSAT audio) with 2 s windows, laid out like the hub's."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    torch.manual_seed(seed + 5)
+    cfg = ClapConfig(
+        audio_config=dict(spec_size=64, num_mel_bins=16, hidden_size=16,
+                          patch_embeds_hidden_size=8, depths=[1, 1], num_attention_heads=[2, 2],
+                          window_size=4, patch_stride=[4, 4], patch_size=4, enable_fusion=False,
+                          projection_dim=16),
+        text_config=dict(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32, projection_dim=16),
+        projection_dim=16)
+    ClapModel(cfg).save_pretrained(out)
+    ClapFeatureExtractor(feature_size=16, max_length_s=2).save_pretrained(out)
+    return out
+
+
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained offline; every byte is in the alphabet, so nothing is <unk>."""
     tok = Tokenizer(models.BPE())
@@ -145,9 +166,27 @@ def save_tiny_llm(out: Path, sizes: TinySizes, seed: int,
     return out
 
 
+def tiny_model_config(paths: dict[str, str], kind: str = "causal_qformer",
+                      events: bool = False) -> ModelConfig:
+    """The ``tiny`` preset over checkpoints written by ``save_tiny_models``.
+
+    Same structure as the real presets (2-layer causal Q-Former, 2 s windows of 4 queries,
+    LoRA), sized for a 2-core CI machine; ``kind`` swaps the connector.
+    """
+    windows = {"qformer": ((0.0,), (4,)), "mrc_qformer": ((2.0, 0.5), (4, 1))}
+    window_s, queries = windows.get(kind, ((2.0,), (4,)))
+    return ModelConfig(
+        encoders=EncodersConfig(
+            visual=VisualEncoderConfig(paths["visual"]), audio=AudioEncoderConfig(paths["audio"]),
+            audio_events=AudioEventEncoderConfig(paths["audio_events"] if events else None)),
+        connector=ConnectorConfig(kind=kind, hidden=32, heads=2, ffn_dim=64, causal_heads=2,
+                                  window_s=window_s, queries=queries, max_s=32.0),
+        llm=LLMConfig(paths["llm"], mode="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0))
+
+
 def save_tiny_models(out_dir: str | Path, seed: int = 0,
-                       sizes: TinySizes = TinySizes()) -> dict[str, str]:
-    """Write visual/, audio/, audio_events/ and llm/ checkpoints under ``out_dir``; return paths."""
+                     sizes: TinySizes = TinySizes()) -> dict[str, str]:
+    """Write visual/, audio/, audio_events/, llm/ and the tiny preset ``model.yaml``."""
     root = Path(out_dir)
     paths = {
         "visual": save_tiny_visual(root / "visual", sizes, seed),
@@ -155,8 +194,10 @@ def save_tiny_models(out_dir: str | Path, seed: int = 0,
         "audio_events": save_tiny_ast(root / "audio_events", sizes, seed),
         "llm": save_tiny_llm(root / "llm", sizes, seed),
     }
-    log.info("tiny encoders written under %s", root)
-    return {k: str(v) for k, v in paths.items()}
+    paths = {k: str(v) for k, v in paths.items()}
+    (root / "model.yaml").write_text(dump_yaml(tiny_model_config(paths)))
+    log.info("tiny models and the tiny preset (model.yaml) written under %s", root)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -157,9 +157,9 @@ class AudioEventStage(_EncoderStage):
     input_col, output_col, stage_name = "waveform", "audio_events", "encode_audio_events"
 
     def __init__(self, cfg, device: str, threads: int = 1):
-        from av_model.encoders import AudioEventEncoder
+        from av_model.encoders.bundle import event_encoder
 
-        super().__init__(lambda: AudioEventEncoder(cfg, device=device), threads, drop_input=True)
+        super().__init__(lambda: event_encoder(cfg, device=device), threads, drop_input=True)
 
 
 class FusedEncodeStage:

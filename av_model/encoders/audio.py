@@ -31,7 +31,11 @@ def whisper_frame_rate(name_or_path: str) -> float:
 
 
 def events_frame_rate(name_or_path: str) -> float:
-    """AST tokens per second after frequency pooling, from the config alone."""
+    """Audio-event tokens per second (AST after frequency pooling, or CLAP), from configs."""
+    from av_model.encoders.clap import clap_frame_rate, is_clap
+
+    if is_clap(name_or_path):
+        return clap_frame_rate(name_or_path)
     return 100.0 / AutoConfig.from_pretrained(name_or_path).time_stride  # 10 ms fbank hop
 
 

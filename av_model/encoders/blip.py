@@ -12,14 +12,12 @@ queries alone (BLIP-2 style).
 
 from __future__ import annotations
 
-import json
-
 import torch
 import transformers
-from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig
-from transformers.utils import cached_file
+
+from av_model.encoders.common import read_prefixed, strip_prefix
 
 _PARTS = {  # model_type → (vision class, Q-Former class)
     "blip-2": ("Blip2VisionModel", "Blip2QFormerModel"),
@@ -30,31 +28,6 @@ _PREFIXES = ("vision_model.", "qformer.", "query_tokens")
 
 def supports_qformer_tokens(model_type: str) -> bool:
     return model_type in _PARTS
-
-
-def _read_tensors(name_or_path: str) -> dict[str, torch.Tensor]:
-    """Tensors whose names start with one of ``_PREFIXES``, from the needed shards only."""
-    index = cached_file(name_or_path, "model.safetensors.index.json",
-                        _raise_exceptions_for_missing_entries=False)
-    if index:
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        wanted = {k: v for k, v in weight_map.items() if k.startswith(_PREFIXES)}
-        files = sorted(set(wanted.values()))
-    else:
-        files, wanted = ["model.safetensors"], None
-    out: dict[str, torch.Tensor] = {}
-    for shard in files:
-        path = cached_file(name_or_path, shard)
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if (wanted is None and key.startswith(_PREFIXES)) or (wanted and key in wanted):
-                    out[key] = f.get_tensor(key)
-    return out
-
-
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class BlipQFormerTower(nn.Module):
@@ -69,9 +42,9 @@ class BlipQFormerTower(nn.Module):
         self.qformer = qformer_cls(hf.qformer_config)
         self.query_tokens = nn.Parameter(
             torch.zeros(1, hf.num_query_tokens, hf.qformer_config.hidden_size))
-        state = _read_tensors(name_or_path)
-        self.vision_model.load_state_dict(_strip(state, "vision_model."), strict=False)
-        self.qformer.load_state_dict(_strip(state, "qformer."), strict=False)
+        state = read_prefixed(name_or_path, _PREFIXES)
+        self.vision_model.load_state_dict(strip_prefix(state, "vision_model."), strict=False)
+        self.qformer.load_state_dict(strip_prefix(state, "qformer."), strict=False)
         with torch.no_grad():
             self.query_tokens.copy_(state["query_tokens"])
         self.to(dtype)

@@ -12,11 +12,25 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
-from av_model.config import EncodersConfig, FeatureDims
+from av_model.config import AudioEventEncoderConfig, EncodersConfig, FeatureDims
 from av_model.encoders.audio import AudioEventEncoder, WhisperAudioEncoder, whisper_frame_rate
+from av_model.encoders.clap import ClapEventEncoder, clap_geometry, is_clap
 from av_model.encoders.visual import VisualEncoder, visual_dims
 
 Tensor = torch.Tensor
+
+
+def event_encoder(cfg: AudioEventEncoderConfig, device: str | torch.device | None = None):
+    """AST or CLAP, by the checkpoint's model type."""
+    if is_clap(cfg.name_or_path):
+        return ClapEventEncoder(cfg, device)
+    return AudioEventEncoder(cfg, device)
+
+
+def _events_dim(name_or_path: str) -> int:
+    if is_clap(name_or_path):
+        return clap_geometry(name_or_path)[2]
+    return int(AutoConfig.from_pretrained(name_or_path).hidden_size)
 
 
 def feature_dims(cfg: EncodersConfig) -> FeatureDims:
@@ -24,7 +38,7 @@ def feature_dims(cfg: EncodersConfig) -> FeatureDims:
     nv, dv = visual_dims(cfg.visual)
     da = int(AutoConfig.from_pretrained(cfg.audio.name_or_path).d_model)
     if cfg.audio_events.name_or_path:
-        da += int(AutoConfig.from_pretrained(cfg.audio_events.name_or_path).hidden_size)
+        da += _events_dim(cfg.audio_events.name_or_path)
     return FeatureDims(video_dim=dv, video_tokens=nv, audio_dim=da,
                        audio_rate=whisper_frame_rate(cfg.audio.name_or_path))
 
@@ -32,18 +46,18 @@ def feature_dims(cfg: EncodersConfig) -> FeatureDims:
 def join_audio(audio: Tensor, events: Tensor | None) -> Tensor:
     """Whisper frames (A, Dw) ‖ audio-event tokens (E, De) upsampled to the Whisper rate.
 
-    Events come at a lower rate (AST: 10 Hz vs 50 Hz); each event token is repeated over the
-    Whisper frames it covers, then trimmed or zero-padded to A, so the two streams line up
-    frame for frame (video-SALMONN concatenates Whisper and BEATs the same way).
+    Events come at a lower rate (AST: 10 Hz, CLAP: 3.2 Hz, vs 50 Hz): Whisper frame j takes
+    the event token covering the same fraction of the clip (index ``j * E // A``), so the
+    streams line up frame for frame whatever the ratio (video-SALMONN concatenates Whisper
+    and BEATs the same way).
     """
     if events is None:
         return audio
-    a = audio.shape[0]
-    if events.shape[0] == 0:
+    a, e = audio.shape[0], events.shape[0]
+    if e == 0:
         return torch.cat([audio, audio.new_zeros(a, events.shape[1])], dim=-1)
-    ratio = max(1, round(a / events.shape[0]))
-    up = events.to(audio.dtype).repeat_interleave(ratio, dim=0)[:a]      # (≤A, De)
-    up = torch.cat([up, up.new_zeros(a - up.shape[0], up.shape[1])])     # (A, De)
+    index = torch.arange(a, device=events.device) * e // max(a, 1)       # (A,)
+    up = events.to(audio.dtype)[index]                                   # (A, De)
     return torch.cat([audio, up], dim=-1)                                # (A, Dw + De)
 
 
@@ -55,7 +69,7 @@ class AVEncoders(nn.Module):
         self.cfg = cfg
         self.visual = VisualEncoder(cfg.visual, device)
         self.audio = WhisperAudioEncoder(cfg.audio, device)
-        self.events = AudioEventEncoder(cfg.audio_events, device) \
+        self.events = event_encoder(cfg.audio_events, device) \
             if cfg.audio_events.name_or_path else None
 
     def dims(self) -> FeatureDims:

@@ -4,8 +4,8 @@ import dataclasses
 
 import torch
 
-from av_model.config import (AudioEncoderConfig, AudioEventEncoderConfig, ConnectorConfig,
-                             EncodersConfig, LLMConfig, ModelConfig, VisualEncoderConfig)
+from av_model.config import ModelConfig
+from av_model.tiny import tiny_model_config
 
 TURNS = [{"role": "user", "content": "<AUD_VIS>\nWhat colour is the circle?"},
          {"role": "assistant", "content": "red"}]
@@ -13,16 +13,10 @@ TURNS = [{"role": "user", "content": "<AUD_VIS>\nWhat colour is the circle?"},
 
 def tiny_config(paths: dict[str, str], kind: str = "causal_qformer", mode: str = "lora",
                 events: bool = False, **connector) -> ModelConfig:
-    windows = {"qformer": ((0.0,), (4,)), "mrc_qformer": ((2.0, 0.5), (4, 1))}
-    window_s, queries = windows.get(kind, ((2.0,), (4,)))
-    conn = dict(kind=kind, hidden=32, heads=2, ffn_dim=64, causal_heads=2, window_s=window_s,
-                queries=queries, max_s=32.0, **connector)
-    return ModelConfig(
-        encoders=EncodersConfig(
-            visual=VisualEncoderConfig(paths["visual"]), audio=AudioEncoderConfig(paths["audio"]),
-            audio_events=AudioEventEncoderConfig(paths["audio_events"] if events else None)),
-        connector=ConnectorConfig(**conn),
-        llm=LLMConfig(paths["llm"], mode=mode, lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    cfg = tiny_model_config(paths, kind, events)
+    return dataclasses.replace(
+        cfg, connector=dataclasses.replace(cfg.connector, **connector),
+        llm=dataclasses.replace(cfg.llm, mode=mode))
 
 
 def replace(cfg, **kw):

@@ -111,3 +111,29 @@ def _clip_path(tmp_path):
     from av_model.tiny import TinySizes, save_tiny_visual
 
     return str(save_tiny_visual(tmp_path / "clip", TinySizes(), seed=0))
+
+
+def test_clap_audio_tower_gives_time_resolved_tokens(tmp_path):
+    """CLAP (Audio-Visual LLM's audio tower) loads from a whole CLAP checkpoint, windows
+    tile the waveform, and a change in the last window only moves that window's tokens."""
+    from transformers import ClapModel
+
+    from av_model.encoders.bundle import event_encoder
+    from av_model.tiny import TinySizes, save_tiny_clap
+
+    path = save_tiny_clap(tmp_path / "clap", TinySizes(), seed=0)
+    enc = event_encoder(AudioEventEncoderConfig(str(path), chunks_per_forward=2), "cpu")
+    assert type(enc).__name__ == "ClapEventEncoder"
+    assert enc.frame_rate == events_frame_rate(str(path)) == 16.0   # 32 tokens per 2 s
+    full = ClapModel.from_pretrained(path)
+    for name, p in enc.model.named_parameters():
+        assert torch.equal(p, dict(full.audio_model.named_parameters())[name]), name
+    assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == 0
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(16000 * 5 + 300).astype(np.float32) * 0.1
+    out = enc.encode([wave, wave[:16000]])
+    assert [o.shape for o in out] == [(81, 16), (16, 16)]            # ceil(n / 1000)
+    changed = wave.copy()
+    changed[16000 * 4:] = rng.standard_normal(len(wave) - 16000 * 4) * 0.5
+    moved = np.abs(enc.encode([changed])[0] - out[0]).sum(-1) > 1e-6
+    assert not moved[:64].any() and moved[64:].any()                 # windows 0-1 untouched
