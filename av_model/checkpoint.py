@@ -13,6 +13,7 @@ only: ``pipelines`` moves them to and from s3:// and MLflow.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -31,7 +32,10 @@ CONFIG_FILE, CONNECTOR_FILE = "avray.yaml", "connector.safetensors"
 
 
 def save(model: AVModel, out_dir: str | os.PathLike, *, merge: bool = False) -> Path:
-    """Write the checkpoint; ``merge`` folds LoRA into the base and writes a full ``llm/``."""
+    """Write the checkpoint; ``merge`` folds LoRA into a copy of the base -> a full ``llm/``.
+
+    Under DeepSpeed ZeRO-3 the caller gathers parameters first and calls this on rank 0.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -39,7 +43,7 @@ def save(model: AVModel, out_dir: str | os.PathLike, *, merge: bool = False) -> 
     save_file(state, str(out / CONNECTOR_FILE))
     llm = model.llm
     if merge and cfg.llm.mode == "lora":
-        llm = merge_lora(llm)
+        llm = merge_lora(copy.deepcopy(llm))  # the live model keeps training its adapter
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, mode="full"))
     if cfg.llm.mode == "lora":
         # The resized embedding rows are deterministic (llm.load_base), so not saved.

@@ -139,12 +139,20 @@ class ConnectorConfig:
     # Whisper-large's 1280 dims to 768.
     video_proj_dim: int = 0
     audio_proj_dim: int = 0
-    causal: bool = True           # FAVOR causal attention module (Q-Former kinds)
+    # FAVOR causal attention module; null = by kind (on for causal_qformer and mrc_qformer,
+    # off for the clip-level qformer, where it would attend over every token of the clip).
+    causal: bool | None = None
     causal_heads: int = 12
     causal_compat: bool = False   # reproduce the released code's mask (see qformer.py)
     dropout: float = 0.0
     diversity_weight: float = 0.0  # video-SALMONN diversity loss weight λ (0 = off)
-    visual_cls: bool = True        # linear: the first visual token of a frame is [CLS]
+    # linear: the first visual token of a frame is [CLS] (only with token_mode all or cls;
+    # set false for towers without one, e.g. SigLIP).
+    visual_cls: bool = True
+
+    @property
+    def uses_causal(self) -> bool:
+        return self.causal if self.causal is not None else self.kind != "qformer"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "heads", "layers", "ffn_dim", "causal_heads"):

@@ -78,17 +78,32 @@ def _layer_key(rest: str) -> str | None:
     return None
 
 
+class _Tracked(dict):
+    """The released state dict, remembering which tensors the mapping consumed."""
+
+    def __init__(self, state: dict[str, Tensor]):
+        super().__init__(state)
+        self.used: set[str] = set()
+
+    def __getitem__(self, key: str) -> Tensor:
+        self.used.add(key)
+        return super().__getitem__(key)
+
+    def leftover(self) -> list[str]:
+        return sorted(k for k in self if k not in self.used and ".lora_" not in k)
+
+
 def lavis_qformer_to_ours(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """A LAVIS ``BertModel`` Q-Former under ``prefix`` → ``QFormerStack`` keys."""
     out = {}
-    for key, value in state.items():
+    for key in list(state):
         if not key.startswith(prefix + "."):
             continue
         rest = key[len(prefix) + 1:]
         if rest.startswith("embeddings.LayerNorm."):
-            out["query_ln." + rest.rsplit(".", 1)[1]] = value
+            out["query_ln." + rest.rsplit(".", 1)[1]] = state[key]
         elif (mapped := _layer_key(rest)) is not None:
-            out[mapped] = value
+            out[mapped] = state[key]
     return out
 
 
@@ -131,7 +146,7 @@ def released_to_connector(state: dict[str, Tensor], windows: tuple[int, ...],
     out["pos"] = state[f"{pos}.weight"][:max(windows) * slot_tokens].clone()
     out.update(_block_diag_proj(state))
     high = state[_pick(state, "queries")][0]
-    low = state.get("low_query_tokens")
+    low = state["low_query_tokens"] if "low_query_tokens" in state else None
     # Released order on the projection's input: [low ‖ high] when MRC, else [high].
     released = [low[0], high] if low is not None else [high]
     ours_order = sorted(range(len(windows)), key=lambda r: windows[r])  # small window = low
@@ -179,6 +194,24 @@ def _resolved_config(preset: str, state: dict[str, Tensor], llm: str | None):
     return dataclasses.replace(cfg, connector=connector, dims=dims, llm=llm_cfg)
 
 
+def _check_leftovers(state: _Tracked) -> None:
+    """Every released tensor must land somewhere, or the import would silently differ."""
+    leftover = state.leftover()
+    # Built by the released code but unused when ext_same_qformer is on (the default).
+    ignorable = [k for k in leftover if k.startswith("low_Qformer.")]
+    if ignorable:
+        log.warning("ignoring %d low_Qformer.* tensors (the released model reuses the main "
+                    "Q-Former for the fine resolution)", len(ignorable))
+    unknown = [k for k in leftover if k not in ignorable and not k.startswith(
+        "llama_model.")]
+    if unknown:
+        raise ValueError(f"{len(unknown)} released tensors have no place in our modules "
+                         f"(e.g. {unknown[:6]}); this checkpoint layout is not supported")
+    if "beats_pre_qformer_proj.weight" in state:
+        log.warning("the released model read BEATs audio-event features; this preset's "
+                    "audio-event encoder differs, so fine-tune before trusting its outputs")
+
+
 def convert(delta_path: str, preset: str, out_dir: str, llm: str | None = None) -> Path:
     """Write an avray checkpoint directory from a released delta checkpoint."""
     from peft import LoraConfig
@@ -189,14 +222,15 @@ def convert(delta_path: str, preset: str, out_dir: str, llm: str | None = None) 
     from av_model.connectors.factory import qformer_config
     from av_model.tokens import add_modality_tokens
 
-    state = torch.load(delta_path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+    loaded = torch.load(delta_path, map_location="cpu", weights_only=True)
+    state = _Tracked(loaded.get("model", loaded))
     llm_dim = state[f"{_pick(state, 'proj')}.weight"].shape[0]
     cfg = _resolved_config(preset, state, llm)
     qcfg = qformer_config(cfg.connector, cfg.dims, cfg.encoders.fps, llm_dim)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     connector = released_to_connector(state, qcfg.window_slots, qcfg.slot_tokens)
+    _check_leftovers(state)
     save_file({k: v.contiguous() for k, v in connector.items()}, str(out / CONNECTOR_FILE))
     lora = released_lora_to_peft(state)
     if lora:

@@ -34,12 +34,13 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> T
     reduction "mean": one scalar over all answer tokens of the batch; "sum" likewise summed;
     "none": per-sample mean (B,), for evaluation and per-sample weighting.
     """
-    shift_logits = logits[:, :-1].float()                           # (B, T-1, V)
     shift_labels = labels[:, 1:]                                     # (B, T-1)
-    flat = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                           shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="none").view_as(shift_labels)  # (B, T-1)
-    counted = (shift_labels != IGNORE_INDEX)
+    counted = shift_labels != IGNORE_INDEX
+    # Only answer positions go to fp32: a 150k vocabulary over every prompt position would
+    # cost gigabytes per sample.
+    picked = logits[:, :-1][counted].float()                         # (n, V)
+    flat = logits.new_zeros(shift_labels.shape, dtype=torch.float32)  # (B, T-1)
+    flat[counted] = F.cross_entropy(picked, shift_labels[counted], reduction="none")
     if reduction == "none":
         return flat.sum(1) / counted.sum(1).clamp(min=1)
     total = flat.sum()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from av_model.config import ModelConfig
 from av_model.configlib import ConfigError
@@ -171,16 +171,23 @@ class AVModel(nn.Module):
         has = [i for i in range(b) if (video[i] is not None and video[i].shape[0] > 0)
                or (audio[i] is not None and audio[i].shape[0] > 0)]
         lengths = torch.zeros(b, dtype=torch.long, device=dev)
-        if not has:
-            return torch.zeros(b, 0, 1, device=dev, dtype=dtype), lengths, torch.zeros((), device=dev)
         cast = lambda x: None if x is None or x.shape[0] == 0 else x.to(dev, dtype)  # noqa: E731
         dims = self.cfg.dims
-        synced = synchronise([cast(video[i]) for i in has], [cast(audio[i]) for i in has],
-                             fps=self.cfg.encoders.fps, audio_rate=dims.audio_rate,
+        if has:
+            vids, auds, imgs = [cast(video[i]) for i in has], [cast(audio[i]) for i in has], \
+                [image[i] for i in has]
+        else:
+            # A text-only batch still runs the connector (on one silent slot, contributing
+            # 0): every rank must touch every trainable parameter under DDP / ZeRO-3.
+            vids, auds, imgs = [None], [torch.zeros(self.slot_frames, dims.audio_dim,
+                                                    device=dev, dtype=dtype)], [False]
+        synced = synchronise(vids, auds, fps=self.cfg.encoders.fps, audio_rate=dims.audio_rate,
                              video_dim=dims.video_dim, audio_dim=dims.audio_dim,
-                             num_visual_tokens=dims.video_tokens,
-                             image=[image[i] for i in has])
+                             num_visual_tokens=dims.video_tokens, image=imgs)
         out = self.connector(synced)                                 # (B', N, D)
+        if not has:
+            zero = out.embeds.sum() * 0 + out.aux_loss * 0
+            return out.embeds.new_zeros(b, 0, out.embeds.shape[2]), lengths, zero
         embeds = out.embeds.new_zeros(b, out.embeds.shape[1], out.embeds.shape[2])
         embeds[has] = out.embeds
         lengths[has] = out.lengths.to(dev)
@@ -192,7 +199,7 @@ class AVModel(nn.Module):
         media, lengths, aux = self._media_embeddings(video, audio, image)
         text = self.llm.get_input_embeddings()(input_ids)            # (B, T, D)
         if media.shape[1] == 0:
-            return text, aux
+            return text + aux.to(text.dtype), aux  # aux is 0 here; keeps the connector in the graph
         return fuse(text, input_ids, self.media_ids, media, lengths), aux
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, video: list, audio: list,
@@ -216,17 +223,31 @@ class AVModel(nn.Module):
         batch = self.collate(samples, generation=True)
         dev = self.media_ids.device
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-        embeds, _ = self.embed(ids, batch["video"], batch["audio"], batch["image"])
-        kwargs = dict(max_new_tokens=options.max_new_tokens, num_beams=options.num_beams,
-                      do_sample=options.do_sample, pad_token_id=self.tokenizer.pad_token_id,
-                      suppress_tokens=self.processor.media_ids)
-        if options.do_sample:
-            kwargs.update(temperature=options.temperature, top_p=options.top_p)
-        if options.stop:
-            kwargs.update(stop_strings=list(options.stop), tokenizer=self.tokenizer)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        was_training = self.training
+        self.eval()  # no dropout (LoRA's included) while decoding, even mid-training
+        try:
+            embeds, _ = self.embed(ids, batch["video"], batch["audio"], batch["image"])
+            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                    generation_config=self._generation_config(options),
+                                    **({"tokenizer": self.tokenizer} if options.stop else {}))
+        finally:
+            self.train(was_training)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [_cut_at_stop(t, options.stop).strip() for t in texts]
+
+    def _generation_config(self, options: GenerateOptions) -> GenerationConfig:
+        """Only our options plus the LLM's stop ids: a checkpoint's own defaults
+        (repetition_penalty, top_k, ...) must not leak into greedy decoding."""
+        base = self.llm.generation_config
+        kw = dict(max_new_tokens=options.max_new_tokens, num_beams=options.num_beams,
+                  do_sample=options.do_sample, eos_token_id=base.eos_token_id,
+                  pad_token_id=self.tokenizer.pad_token_id,
+                  suppress_tokens=list(self.processor.media_ids))
+        if options.do_sample:
+            kw.update(temperature=options.temperature, top_p=options.top_p, top_k=0)
+        if options.stop:
+            kw.update(stop_strings=list(options.stop))
+        return GenerationConfig(**kw)
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

@@ -113,13 +113,16 @@ class AVProcessor:
             ids, labels = [self.tokenizer.bos_token_id] + ids, [IGNORE_INDEX] + labels
         if media_token is not None:
             ids, labels = expand_placeholder(ids, labels, self.media_ids, media_count)
-        return self._truncate(Encoded(ids, labels))
+        return self._truncate(Encoded(ids, labels), generation)
 
-    def _truncate(self, enc: Encoded) -> Encoded:
-        """Cut trailing tokens past max_length; never cut into the media positions."""
+    def _truncate(self, enc: Encoded, generation: bool) -> Encoded:
+        """Cut trailing answer tokens past max_length; never the media or a prompt's end."""
         limit = self.cfg.max_length
         if len(enc.input_ids) <= limit:
             return enc
+        if generation:
+            raise ValueError(f"prompt is {len(enc.input_ids)} tokens, over llm.max_length="
+                             f"{limit}; shorten the conversation or the media")
         last_media = max((i for i, t in enumerate(enc.input_ids) if t in self.media_ids),
                          default=-1)
         if last_media >= limit:

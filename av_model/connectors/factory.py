@@ -23,7 +23,7 @@ def qformer_config(c: ConnectorConfig, dims: FeatureDims, fps: float,
         window_slots=tuple(int(round(w * fps)) for w in c.window_s), queries=c.queries,
         max_slots=int(math.ceil(c.max_s * fps)), video_proj_dim=c.video_proj_dim,
         audio_proj_dim=c.audio_proj_dim, ffn_dim=c.ffn_dim, dropout=c.dropout,
-        causal=c.causal, causal_heads=c.causal_heads, causal_compat=c.causal_compat,
+        causal=c.uses_causal, causal_heads=c.causal_heads, causal_compat=c.causal_compat,
         diversity_weight=c.diversity_weight)
 
 
@@ -33,8 +33,10 @@ def build_connector(cfg: ModelConfig, llm_dim: int) -> Connector:
         raise ConfigError("dims", "feature sizes are unresolved; fill them from the encoders "
                           "(av_model.encoders.feature_dims) or the feature shards")
     if c.kind == "linear":
+        # Only "all" and "cls" keep the tower's [CLS] token at position 0.
+        has_cls = c.visual_cls and cfg.encoders.visual.token_mode in ("all", "cls")
         return LinearConnector(LinearConfig(dims.video_dim, dims.audio_dim, dims.video_tokens,
-                                            llm_dim, visual_cls=c.visual_cls))
+                                            llm_dim, visual_cls=has_cls))
     try:
         qcfg = qformer_config(c, dims, cfg.encoders.fps, llm_dim)
         return MultiResQFormer(qcfg) if c.kind == "mrc_qformer" else WindowedQFormer(qcfg)

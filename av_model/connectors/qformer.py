@@ -217,7 +217,7 @@ class WindowedQFormer(Connector):
         return w
 
     def _tokens(self, r: int, num_slots: int) -> int:
-        w = self.cfg.window_slots[r] or max(num_slots, 1)
+        w = self.window_for(r, num_slots)  # raises for a clip longer than max_slots
         return math.ceil(num_slots / w) * self.cfg.queries[r]
 
     def tokens_for(self, num_slots: int) -> int:

@@ -43,8 +43,10 @@ class BlipQFormerTower(nn.Module):
         self.query_tokens = nn.Parameter(
             torch.zeros(1, hf.num_query_tokens, hf.qformer_config.hidden_size))
         state = read_prefixed(name_or_path, _PREFIXES)
-        self.vision_model.load_state_dict(strip_prefix(state, "vision_model."), strict=False)
-        self.qformer.load_state_dict(strip_prefix(state, "qformer."), strict=False)
+        for part, module in (("vision_model.", self.vision_model), ("qformer.", self.qformer)):
+            missing = module.load_state_dict(strip_prefix(state, part), strict=False).missing_keys
+            if missing:
+                raise ValueError(f"{name_or_path}: {part}* tensors missing: {missing[:5]}")
         with torch.no_grad():
             self.query_tokens.copy_(state["query_tokens"])
         self.to(dtype)

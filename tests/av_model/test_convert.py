@@ -99,3 +99,14 @@ def test_released_checkpoint_imports_into_our_modules(tiny_encoders, tmp_path):
     out = model(**batch)
     assert torch.isfinite(out.loss)
     assert model.media_tokens(Sample([], video, audio)) == 90   # ceil(24/10) * 30
+
+
+def test_unmapped_released_tensors_are_refused(tiny_encoders, tmp_path):
+    import pytest
+
+    state = released_state()
+    state["bp_video_proj.weight"] = torch.randn(4, 4)                # a layout we do not know
+    torch.save(state, tmp_path / "delta.pt")
+    with pytest.raises(ValueError, match="no place in our modules"):
+        convert(str(tmp_path / "delta.pt"), "salmonn-vicuna13b", str(tmp_path / "ckpt"),
+                llm=tiny_encoders["llm"])

@@ -164,3 +164,60 @@ def test_gradient_checkpointing_and_llm_dtype(tiny_encoders, dtype):
     lora = [p.grad for n, p in model.llm.named_parameters() if "lora_B" in n]  # A: B=0 at init
     assert lora and all(g is not None and g.abs().sum() > 0 for g in lora)
     assert model.connector.out_proj.weight.grad.abs().sum() > 0
+
+
+def test_text_only_batch_still_touches_every_connector_parameter(tiny_encoders):
+    """Under DDP / ZeRO-3 every rank must use every trainable parameter each step."""
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).train()
+    out = model(**model.collate(_samples()[-1:]))
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.connector.parameters())
+
+
+def test_merged_export_leaves_the_live_model_training_its_adapter(tiny_encoders, tmp_path):
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).eval()
+    with torch.no_grad():
+        before = model(**model.collate(_samples())).logits
+    checkpoint.save(model, tmp_path / "merged", merge=True)
+    assert any("lora_" in n for n, _ in model.llm.named_parameters())
+    with torch.no_grad():
+        assert torch.equal(model(**model.collate(_samples())).logits, before)
+
+
+def test_generate_restores_mode_and_refuses_overlong_prompts(tiny_encoders):
+    from tests.av_model.model_helpers import replace
+
+    cfg = tiny_config(tiny_encoders)
+    model = AVModel.build(replace(cfg, llm=replace(cfg.llm, max_length=24)),
+                          load_encoders=False).train()
+    with pytest.raises(ValueError, match="over llm.max_length"):
+        model.generate([Sample(_samples()[0].turns[:1], *features())])
+    assert model.training
+
+
+def test_connector_kind_defaults(tiny_encoders):
+    from av_model.connectors.factory import build_connector
+    from tests.av_model.model_helpers import replace
+
+    cfg = tiny_config(tiny_encoders, "qformer")
+    assert not AVModel.build(cfg, load_encoders=False).connector.cfg.causal
+    assert AVModel.build(tiny_config(tiny_encoders), load_encoders=False).connector.cfg.causal
+    lin = tiny_config(tiny_encoders, "linear")
+    pooled = replace(lin, encoders=replace(lin.encoders, visual=replace(
+        lin.encoders.visual, token_mode="pooled")), dims=replace(lin.dims, video_dim=32,
+                                                                   video_tokens=4, audio_dim=32,
+                                                                   audio_rate=50.0))
+    assert not build_connector(pooled, 64).cfg.visual_cls
+
+
+def test_answer_only_loss_matches_plain_cross_entropy():
+    from av_model.losses import causal_lm_loss
+
+    logits = torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, -100, 1], [-100, 2, -100, -100, -100, -100]])
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11),
+                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(causal_lm_loss(logits, labels), want)
+    per = causal_lm_loss(logits, labels, reduction="none")
+    torch.testing.assert_close(per[1], torch.nn.functional.cross_entropy(logits[1, :1], labels[1, 1:2]))
