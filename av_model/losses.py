@@ -36,6 +36,11 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> T
     """
     shift_labels = labels[:, 1:]                                     # (B, T-1)
     counted = shift_labels != IGNORE_INDEX
+    if not counted.any():
+        # No answer token (e.g. a padding batch that keeps distributed ranks in step): zero,
+        # but through the logits so every trainable parameter still gets a (zero) gradient.
+        zero = logits.sum() * 0.0
+        return zero.expand(labels.shape[0]) if reduction == "none" else zero
     # Only answer positions go to fp32: a 150k vocabulary over every prompt position would
     # cost gigabytes per sample.
     picked = logits[:, :-1][counted].float()                         # (n, V)

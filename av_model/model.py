@@ -65,6 +65,7 @@ class GenerateOptions:
     top_p: float = 1.0
     num_beams: int = 1
     stop: tuple[str, ...] = ()
+    synced_gpus: bool = False  # every rank decodes in lockstep (DeepSpeed ZeRO-3)
 
 
 class FeatureCache:
@@ -229,6 +230,7 @@ class AVModel(nn.Module):
             embeds, _ = self.embed(ids, batch["video"], batch["audio"], batch["image"])
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
                                     generation_config=self._generation_config(options),
+                                    synced_gpus=options.synced_gpus,
                                     **({"tokenizer": self.tokenizer} if options.stop else {}))
         finally:
             self.train(was_training)

@@ -1,0 +1,52 @@
+"""Checkpoint locations: a local directory, an ``s3://`` prefix, or an MLflow ``models:/`` URI.
+
+Why here: training (``init_from``), serving and evaluation all accept the same three kinds
+of location and need a local directory to rebuild a model from (``av_model.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import pyarrow.fs as pafs
+
+from pipelines import storage
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local directory to ``uri`` (local path or s3:// prefix)."""
+    fs, path = storage.filesystem(uri)
+    if not storage.is_s3(uri):
+        shutil.copytree(local_dir, path, dirs_exist_ok=True)
+        return
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def local_checkpoint(uri: str) -> Iterator[str]:
+    """Yield a local directory holding the checkpoint at ``uri`` (downloaded if remote)."""
+    uri = str(uri)
+    if uri.startswith(("models:/", "runs:/")):
+        from pipelines import tracking
+
+        with tempfile.TemporaryDirectory(prefix="avray-ckpt-") as tmp:
+            yield tracking.download_checkpoint(uri, tmp)
+        return
+    if not storage.is_s3(uri):
+        path = storage.local_path(uri)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no checkpoint directory at {uri}")
+        yield path
+        return
+    fs, path = storage.filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no checkpoint at {uri}")
+    with tempfile.TemporaryDirectory(prefix="avray-ckpt-") as tmp:
+        pafs.copy_files(path, tmp, source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        yield tmp

@@ -1,0 +1,129 @@
+"""Feature shards → training samples → padded batches.
+
+Rows come from the parquet shards ingest writes (``pipelines.shards``): ``video`` (T×Nv×Dv),
+``audio`` (A×Da), optional ``audio_events``, ``conversations`` / ``caption``. The collator
+turns a batch of rows into ``av_model.model.Sample`` objects, applies modality augmentation
+and unpaired audio-visual mixing, and pads through the model's own processor, so the prompt
+a model trains on is byte-identical to the one it is served with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from av_model.encoders.bundle import join_audio
+from av_model.model import AVModel, Sample
+from pipelines.train_config import DataConfig
+
+COLUMNS = ["clip_id", "split", "video", "audio", "audio_events", "has_video", "has_audio",
+           "caption", "conversations"]
+
+
+def _tensor(x: Any) -> torch.Tensor | None:
+    """A stored feature array → tensor, None when the stream is absent (zero-length)."""
+    if x is None:
+        return None
+    arr = np.asarray(x)
+    return None if arr.size == 0 or arr.shape[0] == 0 else torch.from_numpy(np.array(arr))
+
+
+def _turns(raw: Any) -> list[dict[str, str]]:
+    """Stored conversations (list of {role, content}, or their JSON) → plain dicts."""
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = json.loads(raw) if raw else []
+    return [{"role": str(t["role"]), "content": str(t["content"])} for t in list(raw)]
+
+
+def _column(batch: dict[str, Any], name: str, n: int) -> list[Any]:
+    return list(batch[name]) if name in batch else [None] * n
+
+
+class Collator:
+    """numpy batch of shard rows → the model's padded batch (plus counts for metrics)."""
+
+    def __init__(self, model: AVModel, cfg: DataConfig, seed: int = 0):
+        self.model, self.cfg = model, cfg
+        self.rng = np.random.default_rng(seed)
+        mix = np.array([cfg.joint, cfg.video_only, cfg.audio_only], dtype=float)
+        self.mix = mix / mix.sum()
+
+    def samples(self, batch: dict[str, Any]) -> list[Sample]:
+        n = len(batch["clip_id"])
+        audio = [_joined(a, e) for a, e in zip(_column(batch, "audio", n),
+                                                _column(batch, "audio_events", n))]
+        rows = [self._sample(v, a, c, cap) for v, a, c, cap in zip(
+            _column(batch, "video", n), audio, _column(batch, "conversations", n),
+            _column(batch, "caption", n))]
+        rows = [r for r in rows if r is not None]
+        self._unpaired(rows)
+        return [s for s, _, _ in rows]
+
+    def _sample(self, video, audio, conversations,
+                caption) -> tuple[Sample, str | None, bool] | None:
+        """(sample, caption when it is the target, clip has audio), None if unsupervised."""
+        v = _tensor(video)
+        turns = _turns(conversations) if self.cfg.use_conversations else []
+        cap = None
+        if not turns and self.cfg.use_captions and caption:
+            cap = str(caption)
+            turns = [{"role": "user", "content": self.cfg.caption_prompt},
+                     {"role": "assistant", "content": cap}]
+        if not turns or (v is None and audio is None):
+            return None
+        had_audio = audio is not None
+        if v is not None and audio is not None:
+            choice = self.rng.choice(3, p=self.mix)         # joint, visual-only, audio-only
+            v, audio = (v, audio) if choice == 0 else (v, None) if choice == 1 else (None, audio)
+        return Sample(turns, video=v, audio=audio), cap, had_audio
+
+    def _unpaired(self, rows: list[tuple[Sample, str | None, bool]]) -> None:
+        """video-SALMONN: a caption clip that has no audio track borrows another's audio."""
+        if self.cfg.unpaired <= 0:
+            return
+        donors = [(s, c) for s, c, _ in rows if s.audio is not None and c]
+        for sample, cap, had_audio in rows:
+            if had_audio or sample.video is None or not cap or not donors:
+                continue
+            if self.rng.random() >= self.cfg.unpaired:
+                continue
+            donor, donor_cap = donors[int(self.rng.integers(len(donors)))]
+            sample.audio = donor.audio
+            if self.cfg.unpaired_target == "concat":
+                sample.turns = [sample.turns[0], {"role": "assistant",
+                                                  "content": f"{cap} {donor_cap}"}]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        samples = self.samples(batch)
+        counted = len(samples)
+        if not samples:
+            # Every rank must still run a forward/backward (collectives): a text-only
+            # sample with no answer tokens contributes exactly zero loss.
+            samples = [Sample([{"role": "user", "content": "."}])]
+        out = self.model.collate(samples, generation=not counted)
+        out["labels"] = out["labels"] if counted else torch.full_like(out["input_ids"], -100)
+        out["samples"] = samples
+        out["num_samples"] = counted
+        out["num_tokens"] = int(out["attention_mask"].sum()) if counted else 0
+        return out
+
+
+def _joined(audio: Any, events: Any) -> torch.Tensor | None:
+    a = _tensor(audio)
+    if a is None:
+        return None
+    e = _tensor(events)
+    return join_audio(a, e) if events is not None else a
+
+
+def iterate_rows(rows: list[dict[str, Any]], batch_size: int) -> Iterable[dict[str, Any]]:
+    """Plain-Python batches of row dicts in the numpy-batch layout (tests, benchmarks)."""
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        yield {k: np.array([r.get(k) for r in chunk] + [None], dtype=object)[:-1]
+               for k in chunk[0]}

@@ -1,0 +1,104 @@
+"""The training loop without Ray: learning, DeepSpeed parity, exact resume, collator rules."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from av_model.model import AVModel, GenerateOptions, Sample
+from pipelines.train_config import DataConfig
+from pipelines.train_data import Collator, iterate_rows
+from pipelines.train_loop import LoopState, Trainer, lr_factor
+from tests.pipelines.train_helpers import (COLOURS, colour_rows, epochs_from,
+                                           single_process_dist_env, train_config)
+
+
+def _run(cfg, rows, tmp_path, state=None, resume_from=None, seed=0):
+    torch.manual_seed(seed)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    reports = []
+    trainer = Trainer(model, cfg, lambda m, p: reports.append((m, p)))
+    if resume_from:
+        state = trainer.resume(resume_from)
+    collator = Collator(model, cfg.data, seed=cfg.optim.seed)
+    state = trainer.fit(epochs_from(rows, collator), None, state or LoopState(),
+                        lambda step: str(tmp_path / f"step{step}"))
+    return model, reports, state
+
+
+def test_tiny_model_learns_the_colours(tiny_encoders, tmp_path):
+    cfg = train_config(tiny_encoders, "full", optim={"max_steps": 80})
+    rows = colour_rows()
+    model, reports, state = _run(cfg, rows, tmp_path)
+    losses = [m["loss"] for m, _ in reports]
+    assert state.step == 80 and len(reports) == 80
+    assert np.mean(losses[-5:]) < 0.25 * np.mean(losses[:5])
+    prompts = [Sample(r["conversations"][:1], torch.from_numpy(r["video"]),
+                      torch.from_numpy(r["audio"])) for r in rows[:8]]
+    answers = model.generate(prompts, GenerateOptions(max_new_tokens=4))
+    assert answers == [COLOURS[i % 4] for i in range(8)]
+    assert set(reports[-1][0]) >= {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s",
+                                   "data_wait_fraction"}
+    assert reports[-1][1] == str(tmp_path / "step80")                # the final checkpoint
+    assert sorted(os.listdir(reports[-1][1])) == ["loop.json", "model", "state"]
+
+
+@pytest.mark.parametrize("deepspeed", [False, True])
+def test_resume_gives_the_same_weights_as_a_straight_run(tiny_encoders, tmp_path, deepspeed):
+    if deepspeed:
+        single_process_dist_env(29517)
+    sections = dict(optim={"max_steps": 12, "grad_accum": 2, "warmup_steps": 2},
+                    deepspeed={"enabled": deepspeed, "zero_stage": 2},
+                    run={"checkpoint_every": 6})
+    cfg = train_config(tiny_encoders, "lora", **sections)
+    rows = colour_rows(12)                       # 3 batches per epoch: resume mid-epoch
+    straight, _, _ = _run(cfg, rows, tmp_path / "a")
+    half = train_config(tiny_encoders, "lora", **{**sections, "optim": {**sections["optim"]}})
+    _, reports, state = _run(half, rows, tmp_path / "b")
+    ckpt6 = reports[5][1]
+    assert ckpt6 and ckpt6.endswith("step6")
+    resumed, _, final = _run(cfg, rows, tmp_path / "c", resume_from=ckpt6, seed=123)
+    assert final.step == 12
+    want = {n: p for n, p in straight.named_parameters() if p.requires_grad}
+    for name, p in resumed.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, want[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor(tiny_encoders):
+    cfg = train_config(tiny_encoders, optim={"max_steps": 10, "warmup_steps": 2,
+                                             "min_lr_ratio": 0.1}).optim
+    f = lr_factor(cfg)
+    assert [round(f(s), 3) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert f(10) == pytest.approx(0.1) and f(6) < f(3)
+
+
+def test_collator_modality_mix_unpaired_audio_and_unsupervised_rows(tiny_encoders):
+    cfg = train_config(tiny_encoders)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    rows = colour_rows(40)
+    mixed = Collator(model, DataConfig(features="x", joint=0.5, video_only=0.25,
+                                       audio_only=0.25), seed=0)
+    samples = mixed.samples(next(iterate_rows(rows, 40)))
+    kinds = [(s.video is not None, s.audio is not None) for s in samples]
+    assert {k: kinds.count(k) for k in set(kinds)}.keys() == {(True, True), (True, False),
+                                                              (False, True)}
+    batch = mixed(next(iterate_rows(rows[:4], 4)))
+    ids = batch["input_ids"]
+    for i, s in enumerate(batch["samples"]):
+        token = {(True, True): "<AUD_VIS>", (True, False): "<VIS>",
+                 (False, True): "<AUD>"}[(s.video is not None, s.audio is not None)]
+        assert token in model.tokenizer.decode(ids[i])
+    silent = [dict(r, audio=np.zeros((0, 32), np.float16), conversations=None) for r in rows[:2]]
+    donor = [dict(r, conversations=None) for r in rows[2:4]]
+    unpaired = Collator(model, DataConfig(features="x", unpaired=1.0), seed=0)
+    out = unpaired.samples(next(iterate_rows(silent + donor, 4)))
+    assert all(s.audio is not None for s in out)
+    answer = out[0].turns[-1]["content"]
+    assert answer.startswith("a red screen a ") and answer.endswith(" screen")
+    bare = [dict(r, conversations=None, caption=None) for r in rows[:2]]
+    empty = unpaired(next(iterate_rows(bare, 2)))
+    assert empty["num_samples"] == 0 and (empty["labels"] == -100).all()
+    assert model(**{k: empty[k] for k in ("input_ids", "attention_mask", "labels", "video",
+                                          "audio", "image")}).loss.item() == 0.0
