@@ -17,9 +17,9 @@ Released name → ours (``P`` = the Q-Former prefix, e.g. ``video_Qformer.bert``
     P.encoder.layer.i.attention.output.{dense,LayerNorm}   qformer.layers.i.self_attn.{o,ln}
     ...crossattention.* / encoder_causal_attention.*       ...cross_attn.* / ...causal.*
     ...intermediate_query.dense / output_query.{dense,LayerNorm}   ...ffn_in / ffn_{out,ln}
-    {joint,video}_query_tokens (1,Q,H) / low_query_tokens   queries.{r} (Q,H)
+    {joint,video}_query_tokens (1,Q,H) / low_query_tokens   queries.weight (rows per resolution)
     ln_{joint,video}                                ln_in
-    {joint,video}_frame_position_embedding (4096,Dc)   pos (first window*L rows)
+    {joint,video}_frame_position_embedding (4096,Dc)   pos.weight (first window*L rows)
     speech_pre_qformer_proj ⊕ beats_pre_qformer_proj   audio_proj (block diagonal)
     llama_proj[_joint] (D, R*H), blocks [low ‖ high]   out_proj, blocks in our resolution order
     llama_model.<peft name>.lora_{A,B}.default.weight   adapter/ (PEFT layout)
@@ -143,7 +143,7 @@ def released_to_connector(state: dict[str, Tensor], windows: tuple[int, ...],
     out = {f"qformer.{k}": v for k, v in lavis_qformer_to_ours(state, qf + ".bert").items()}
     ln, pos, proj = _pick(state, "ln"), _pick(state, "pos"), _pick(state, "proj")
     out["ln_in.weight"], out["ln_in.bias"] = state[f"{ln}.weight"], state[f"{ln}.bias"]
-    out["pos"] = state[f"{pos}.weight"][:max(windows) * slot_tokens].clone()
+    out["pos.weight"] = state[f"{pos}.weight"][:max(windows) * slot_tokens].clone()
     out.update(_block_diag_proj(state))
     high = state[_pick(state, "queries")][0]
     low = state["low_query_tokens"] if "low_query_tokens" in state else None
@@ -156,8 +156,7 @@ def released_to_connector(state: dict[str, Tensor], windows: tuple[int, ...],
     h = high.shape[-1]
     blocks = list(w.split(h, dim=1))                                 # per released resolution
     rank = {r: i for i, r in enumerate(ours_order)}
-    for r in range(len(windows)):
-        out[f"queries.{r}"] = released[rank[r]].clone()
+    out["queries.weight"] = torch.cat([released[rank[r]] for r in range(len(windows))])
     out["out_proj.weight"] = torch.cat([blocks[rank[r]] for r in range(len(windows))], dim=1)
     out["out_proj.bias"] = b
     return out

@@ -15,6 +15,7 @@ text tokenizes); it has no chat template on purpose, so the Vicuna fallback is e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, CLIPImagePro
                           WhisperModel)
 
 from av_model.config import (AudioEncoderConfig, AudioEventEncoderConfig, ConnectorConfig,
-                             EncodersConfig, LLMConfig, ModelConfig, VisualEncoderConfig)
+                             EncodersConfig, FeatureDims, LLMConfig, ModelConfig,
+                             VisualEncoderConfig)
 from av_model.configlib import dump_yaml
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ def tiny_model_config(paths: dict[str, str], kind: str = "causal_qformer",
 def save_tiny_models(out_dir: str | Path, seed: int = 0,
                      sizes: TinySizes = TinySizes()) -> dict[str, str]:
     """Write visual/, audio/, audio_events/, llm/ and the tiny preset ``model.yaml``."""
-    root = Path(out_dir)
+    root = Path(out_dir).resolve()  # model.yaml must work from any working directory
     paths = {
         "visual": save_tiny_visual(root / "visual", sizes, seed),
         "audio": save_tiny_whisper(root / "audio", sizes, seed),
@@ -195,7 +197,10 @@ def save_tiny_models(out_dir: str | Path, seed: int = 0,
         "llm": save_tiny_llm(root / "llm", sizes, seed),
     }
     paths = {k: str(v) for k, v in paths.items()}
-    (root / "model.yaml").write_text(dump_yaml(tiny_model_config(paths)))
+    cfg = tiny_model_config(paths)
+    dims = FeatureDims(video_dim=sizes.vision_dim, audio_dim=sizes.audio_dim, audio_rate=50.0,
+                       video_tokens=(sizes.image_size // sizes.patch_size) ** 2 + 1)
+    (root / "model.yaml").write_text(dump_yaml(dataclasses.replace(cfg, dims=dims)))
     log.info("tiny models and the tiny preset (model.yaml) written under %s", root)
     return paths
 

@@ -28,14 +28,15 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 @contextlib.contextmanager
-def local_checkpoint(uri: str) -> Iterator[str]:
-    """Yield a local directory holding the checkpoint at ``uri`` (downloaded if remote)."""
+def local_checkpoint(uri: str, tracking_uri: str | None = None) -> Iterator[str]:
+    """Yield a local directory holding the checkpoint at ``uri`` (downloaded if remote);
+    ``tracking_uri`` names the MLflow server for ``models:/`` URIs (default: the env's)."""
     uri = str(uri)
     if uri.startswith(("models:/", "runs:/")):
         from pipelines import tracking
 
         with tempfile.TemporaryDirectory(prefix="avray-ckpt-") as tmp:
-            yield tracking.download_checkpoint(uri, tmp)
+            yield tracking.download_checkpoint(uri, tmp, tracking_uri)
         return
     if not storage.is_s3(uri):
         path = storage.local_path(uri)

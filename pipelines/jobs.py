@@ -41,19 +41,25 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def parse_job_config(cls: type[T], argv: list[str] | None, doc: str | None) -> T:
-    """``--config file.yaml key=value ...`` → a validated config, or exit 2 naming the field."""
+def job_arguments(argv: list[str] | None, doc: str | None) -> argparse.Namespace:
+    """``--config file.yaml key=value ...`` (the command line every job shares)."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=doc)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. decode.batch_size=4")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def parse_job_config(cls: type[T], argv: list[str] | None, doc: str | None) -> T:
+    """``--config file.yaml key=value ...`` → a validated config, or exit 2 naming the field."""
+    args = job_arguments(argv, doc)
     setup_logging()
     try:
         return load_config(cls, args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def checked(fn: Callable[[T], R], cfg: T) -> R:

@@ -44,6 +44,9 @@ class DataConfig:
     use_conversations: bool = True  # train on a row's conversations when it has them
     use_captions: bool = True       # ... else on its caption
     shuffle_seed: int | None = 0    # local shuffle of rows per epoch (None = file order)
+    # Hold the (filtered) shards in the object store instead of re-reading them every
+    # epoch: right for small corpora, wrong for ones larger than cluster memory.
+    materialize: bool = False
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "batch_size", "must be > 0")

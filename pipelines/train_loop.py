@@ -258,7 +258,7 @@ class Trainer:
                 if not stepped:
                     continue
                 state.step += 1
-                metrics = self._step_metrics(float(loss.detach()), window)
+                metrics = {"step": state.step, **self._step_metrics(float(loss.detach()), window)}
                 window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
                 last = state.step == max_steps
                 if last or state.step % run.checkpoint_every == 0 or (

@@ -190,6 +190,22 @@ class QFormerStack(nn.Module):
         return q
 
 
+class Table(nn.Module):
+    """A learned (rows, dim) table read by row ranges.
+
+    Why a module: DeepSpeed ZeRO-3 re-gathers a partitioned parameter for backward through
+    the hooks of the module that *returns tensors* using it; the connector returns a
+    dataclass, so its own parameters would stay partitioned in backward.
+    """
+
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(rows, dim) * 0.02)
+
+    def forward(self, start: int, count: int) -> Tensor:
+        return self.weight[start:start + count]                     # (count, dim)
+
+
 def _optional_proj(dim_in: int, dim_out: int) -> nn.Module:
     return nn.Linear(dim_in, dim_out) if dim_out else nn.Identity()
 
@@ -203,9 +219,10 @@ class WindowedQFormer(Connector):
         self.video_proj = _optional_proj(cfg.video_dim, cfg.video_proj_dim)
         self.audio_proj = _optional_proj(cfg.audio_dim, cfg.audio_proj_dim)
         self.ln_in = nn.LayerNorm(cfg.input_dim)
-        self.pos = nn.Parameter(torch.randn(cfg.positions, cfg.input_dim) * 0.02)
-        self.queries = nn.ParameterList(nn.Parameter(torch.randn(q, cfg.hidden) * 0.02)
-                                        for q in cfg.queries)
+        self.pos = Table(cfg.positions, cfg.input_dim)
+        # Every resolution's learned queries in one (sum Q_r, H) table.
+        self.queries = Table(sum(cfg.queries), cfg.hidden)
+        self.query_offsets = [sum(cfg.queries[:r]) for r in range(len(cfg.queries))]
         self.qformer = QFormerStack(cfg)
         self.out_proj = nn.Linear(cfg.hidden * len(cfg.queries), cfg.llm_dim)
 
@@ -242,10 +259,11 @@ class WindowedQFormer(Connector):
         pad = n_win * w - s
         x = F.pad(x, (0, 0, 0, 0, 0, pad)).reshape(b * n_win, w * l, dc)  # (B*nW, W*L, Dc)
         valid = F.pad(valid, (0, 0, 0, pad)).reshape(b * n_win, w * l)     # (B*nW, W*L)
-        x = x + self.pos[:w * l]
+        x = x + self.pos(0, w * l)
         slot_ids = torch.arange(w, device=x.device).repeat_interleave(l)  # (W*L,)
         block = frame_block_mask(slot_ids, valid, self.cfg.causal_compat)  # (B*nW, T, T)
-        q = self.queries[r].expand(b * n_win, -1, -1)                # (B*nW, Q, H)
+        off = self.query_offsets[r]
+        q = self.queries(off, self.cfg.queries[r]).expand(b * n_win, -1, -1)  # (B*nW, Q, H)
         return self.qformer(q, x, valid, block), n_win
 
     def forward(self, batch: SyncedBatch) -> ConnectorOutput:

@@ -79,11 +79,11 @@ def test_released_checkpoint_imports_into_our_modules(tiny_encoders, tmp_path):
     for ours, name in pairs.items():
         assert torch.equal(ours, state[name]), name
     # Resolutions in config order (5 s, 0.5 s); released projection input is [low ‖ high].
-    assert torch.equal(c.queries[0], state["video_query_tokens"][0])
-    assert torch.equal(c.queries[1], state["low_query_tokens"][0])
+    assert torch.equal(c.queries.weight[:30], state["video_query_tokens"][0])
+    assert torch.equal(c.queries.weight[30:], state["low_query_tokens"][0])
     w = state["llama_proj.weight"]
     assert torch.equal(c.out_proj.weight, torch.cat([w[:, H:], w[:, :H]], dim=1))
-    assert torch.equal(c.pos, state["video_frame_position_embedding.weight"][:10 * 32])
+    assert torch.equal(c.pos.weight, state["video_frame_position_embedding.weight"][:10 * 32])
     a = c.audio_proj.weight
     assert torch.equal(a[:PROJ, :WHISPER], state["speech_pre_qformer_proj.weight"])
     assert torch.equal(a[PROJ:, WHISPER:], state["beats_pre_qformer_proj.weight"])

@@ -146,7 +146,7 @@ def test_gradients_flow_and_fully_padded_window_gives_no_nan():
     out = m(batch)
     assert torch.isfinite(out.embeds).all() and torch.isfinite(out.aux_loss)
     (out.embeds.sum() + out.aux_loss).backward()
-    for name in ("queries.0", "pos", "audio_proj.weight", "out_proj.weight",
+    for name in ("queries.weight", "pos.weight", "audio_proj.weight", "out_proj.weight",
                  "qformer.layers.0.causal.q.weight", "qformer.layers.1.cross_attn.k.weight"):
         grad = dict(m.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name

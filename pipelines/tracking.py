@@ -1,0 +1,136 @@
+"""MLflow, only here and only on rank 0: experiment per job, params, metrics, the final
+checkpoint as a registered model whose ``models:/NAME/VERSION`` URI serving and evaluation
+accept (``pipelines.checkpoints.local_checkpoint``).
+
+Tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else a local sqlite store beside
+the run's storage (``<storage>/mlflow.db``, artifacts under ``<storage>/mlartifacts``), so
+a laptop run needs no server and a cluster run points at one.
+
+The registered model is a pyfunc whose ``artifacts/checkpoint`` is the avray checkpoint
+directory; loading it with ``mlflow.pyfunc.load_model`` gives a text-only predictor, and
+``download_checkpoint`` gives the directory ``av_model.checkpoint.load`` rebuilds from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger("avray.tracking")
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def resolve_uri(uri: str | None, storage_path: str) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment or None for the server's)."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if chosen:
+        return chosen, None
+    root = Path(storage_path).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config dict → {"optim.lr": "0.0001", ...} (MLflow params are strings)."""
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(data)[:500]}
+
+
+class Tracker:
+    """One MLflow run; ``run_id`` survives worker restarts through the loop state."""
+
+    def __init__(self, uri: str | None, storage_path: str, experiment: str,
+                 run_id: str | None = None, run_name: str | None = None):
+        tracking_uri, artifacts = resolve_uri(uri, storage_path)
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifacts)
+        if run_id is None:
+            run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+        log.info("MLflow run %s at %s", run_id, tracking_uri)
+
+    def log_params(self, config: dict[str, Any]) -> None:
+        params = flatten(config)
+        existing = self.client.get_run(self.run_id).data.params
+        new = [mlflow.entities.Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        scalars = [mlflow.entities.Metric(k, float(v), 0, step) for k, v in metrics.items()
+                   if isinstance(v, (int, float))]
+        if scalars:
+            self.client.log_batch(self.run_id, metrics=scalars)
+
+    def log_answers(self, answers: list[dict[str, str]], step: int) -> None:
+        if answers:
+            text = "\n\n".join(f"Q: {a['prompt']}\nreference: {a['reference']}\n"
+                               f"generated: {a['generated']}" for a in answers)
+            self.client.log_text(self.run_id, text, f"answers/step_{step:07d}.txt")
+
+    def finish(self, checkpoint_dir: str, register_as: str | None) -> str | None:
+        """Log the checkpoint as a pyfunc model; register it; return models:/NAME/VERSION."""
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=AVCheckpointModel(),
+                artifacts={CHECKPOINT_ARTIFACT: checkpoint_dir},
+                pip_requirements=["avray"], registered_model_name=register_as)
+        self.client.set_terminated(self.run_id)
+        if not register_as:
+            return None
+        version = info.registered_model_version
+        return f"models:/{register_as}/{version}"
+
+
+class AVCheckpointModel(mlflow.pyfunc.PythonModel):
+    """pyfunc view of a checkpoint: ``predict`` answers text prompts (no media)."""
+
+    def load_context(self, context) -> None:
+        from av_model import checkpoint
+
+        self.model = checkpoint.load(context.artifacts[CHECKPOINT_ARTIFACT],
+                                     load_encoders=False)
+
+    def predict(self, context, model_input, params=None):
+        from av_model.model import Sample
+
+        prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") else \
+            list(model_input)
+        return self.model.generate([Sample([{"role": "user", "content": str(p)}])
+                                    for p in prompts])
+
+
+def download_checkpoint(uri: str, dst: str, tracking_uri: str | None = None) -> str:
+    """A ``models:/`` or ``runs:/`` URI → the local avray checkpoint directory inside it.
+
+    The registry is ``tracking_uri``, else MLFLOW_TRACKING_URI (MLflow's own default).
+    MLflow 3.17 resolves ``models:/`` against the *global* registry URI whatever is passed,
+    so both globals are set for the download and restored after.
+    """
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+    for candidate in (root, root / "artifacts" / CHECKPOINT_ARTIFACT,
+                      *root.rglob("avray.yaml")):
+        path = candidate.parent if candidate.name == "avray.yaml" else candidate
+        if (path / "avray.yaml").is_file():
+            return str(path)
+    raise FileNotFoundError(f"{uri} holds no avray checkpoint (no avray.yaml)")

@@ -1,0 +1,267 @@
+"""Training: Ray Train (TorchTrainer) + DeepSpeed ZeRO on the feature shards ingest wrote.
+
+Each worker streams its shard of the parquet features (``get_dataset_shard``), collates
+prompts through ``av_model.processor``, and runs ``pipelines.train_loop`` (plain torch,
+tested without Ray). Checkpoints go through ``ray.train.report``; the best ``run.keep_best``
+by validation loss are kept; a restarted worker group resumes from the latest with its
+optimizer, scheduler and data position. Rank 0 logs to MLflow and registers the final model.
+
+    python -m pipelines.train --config pipelines/configs/train/tiny-align.yaml \\
+        data.features=data/quickstart/features model_base=data/quickstart/tiny/model.yaml
+    ray job submit --working-dir . -- python -m pipelines.train \\
+        --config pipelines/configs/train/favor-instruct.yaml \\
+        init_from=s3://bucket/runs/favor-align/checkpoint_000009/model \\
+        data.features=s3://bucket/features/webvid scaling.num_workers=8 scaling.use_gpu=true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from av_model.config import EncodersConfig, FeatureDims
+from av_model.configlib import ConfigError, from_dict, to_dict
+from pipelines import jobs, storage
+from pipelines.train_config import TrainConfig, load_train_config
+from pipelines.train_data import COLUMNS
+
+log = logging.getLogger("avray.train")
+
+
+def feature_columns(features: str) -> list[str]:
+    """The columns the collator reads that these shards have (audio_events is optional)."""
+    fs, path = storage.filesystem(storage.join(features, "features"))
+    schema = pads.dataset(path, filesystem=fs, format="parquet").schema
+    return [c for c in COLUMNS if c in schema.names]
+
+
+def _shard_dims(features: str, meta: dict[str, Any]) -> FeatureDims:
+    """Feature sizes read off one stored row (video T×Nv×Dv, audio A×Da [+ events E×De])."""
+    from pipelines.shards import TENSOR_COLUMNS
+
+    first = storage.list_files(storage.join(features, "features"), ".parquet")[0]
+    fs, path = storage.filesystem(first)
+    table = pq.ParquetFile(path, filesystem=fs).read_row_group(0, columns=[
+        c for c in TENSOR_COLUMNS if c in feature_columns(features)])
+    shapes = {c: _first_nonempty(table.column(c)) for c in table.column_names}
+    if shapes.get("video") is None or shapes.get("audio") is None:
+        raise ConfigError("data.features", "cannot read feature sizes: the first shard has no "
+                          "clip with both video and audio")
+    events = shapes.get("audio_events")
+    return FeatureDims(video_dim=shapes["video"][2], video_tokens=shapes["video"][1],
+                       audio_dim=shapes["audio"][1] + (events[1] if events else 0),
+                       audio_rate=float(meta.get("audio_rate_hz") or 50.0))
+
+
+def _first_nonempty(column) -> tuple[int, ...] | None:
+    for arr in column.chunk(0).to_numpy():
+        if np.asarray(arr).shape[0] > 0:
+            return tuple(np.asarray(arr).shape)
+    return None
+
+
+def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """I/O checks before Ray: shards exist; the model's encoders, fps and feature sizes are
+    the ones the shards were made with (features define them). Returns (config, columns)."""
+    from pipelines.shards import read_feature_metadata
+
+    if not storage.list_files(storage.join(cfg.data.features, "features"), ".parquet"):
+        raise ConfigError("data.features", f"no feature shards under {cfg.data.features}/features")
+    meta = read_feature_metadata(cfg.data.features)
+    model = cfg.model
+    if meta.get("encoders"):
+        shard_enc = from_dict(EncodersConfig, meta["encoders"])
+        if shard_enc != model.encoders:
+            log.warning("the shards were made with other encoders than model.encoders; "
+                        "training (and the checkpoint) uses the shards' encoders")
+            model = dataclasses.replace(model, encoders=shard_enc)
+    dims = _shard_dims(cfg.data.features, meta)
+    if model.dims.resolved and model.dims != dims:
+        raise ConfigError("model.dims", f"{model.dims} but the shards hold {dims}")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, dims=dims))
+    return cfg, feature_columns(cfg.data.features)
+
+
+def build_model(cfg: TrainConfig):
+    """The AVModel in training mode; from the previous stage's weights when ``init_from``."""
+    from safetensors.torch import load_file
+
+    from av_model.checkpoint import CONNECTOR_FILE
+    from av_model.model import AVModel
+    from pipelines.checkpoints import local_checkpoint
+
+    if not cfg.init_from:
+        return AVModel.build(cfg.model, load_encoders=False)
+    with local_checkpoint(cfg.init_from) as path:
+        llm_dir, adapter = os.path.join(path, "llm"), os.path.join(path, "adapter")
+        model = AVModel.build(
+            cfg.model, load_encoders=False,
+            llm_path=llm_dir if os.path.isdir(llm_dir) else None,
+            adapter_path=adapter if os.path.isdir(adapter) and cfg.model.llm.mode == "lora"
+            else None,
+            tokenizer_path=os.path.join(path, "tokenizer"))
+        model.connector.load_state_dict(load_file(os.path.join(path, CONNECTOR_FILE)))
+    return model
+
+
+class _Reporter:
+    """Ray Train report + MLflow on rank 0; the final checkpoint is registered."""
+
+    def __init__(self, cfg: TrainConfig, tracker, rank: int):
+        self.cfg, self.tracker, self.rank = cfg, tracker, rank
+        self.step = 0
+
+    def __call__(self, metrics: dict[str, Any], path: str | None) -> None:
+        import ray.train
+
+        self.step += 1
+        step = int(metrics.get("step", self.step))
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.tracker is not None:
+            self.tracker.log_metrics(scalars, step)
+            self.tracker.log_answers(metrics.get("answers") or [], step)
+            if path and step == self.cfg.optim.max_steps:
+                uri = self.tracker.finish(os.path.join(path, "model"),
+                                          self.cfg.tracking.register_as)
+                log.info("final checkpoint logged%s", f" and registered as {uri}" if uri else "")
+        checkpoint = ray.train.Checkpoint.from_directory(path) if path else None
+        ray.train.report(scalars, checkpoint=checkpoint)
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Thin: rebuild config, build model, take the shard, run the loop, report."""
+    import ray.train
+    import torch
+
+    from pipelines.train_data import Collator
+    from pipelines.train_loop import LoopState, Trainer
+
+    cfg = from_dict(TrainConfig, config["cfg"])
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    if not cfg.scaling.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg.optim.seed)
+    model = build_model(cfg)
+    if cfg.scaling.use_gpu:
+        model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
+    state, tracker, run_id = LoopState(), None, None
+    reporter = _Reporter(cfg, None, rank)
+    trainer = Trainer(model, cfg, reporter)
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as path:
+            state = trainer.resume(path)
+            run_id = _read_run_id(path)
+    if rank == 0:
+        tracker = _tracker(cfg, run_id)
+        reporter.tracker = tracker
+    collator = Collator(model, cfg.data, seed=cfg.optim.seed + rank)
+    train = ray.train.get_dataset_shard("train")
+    val = ray.train.get_dataset_shard("val") if "val" in config["datasets"] else None
+
+    def epochs(epoch: int, skip: int):
+        seed = None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch
+        it = train.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collator,
+                                      local_shuffle_buffer_size=None if seed is None else
+                                      4 * cfg.data.batch_size, local_shuffle_seed=seed)
+        for i, batch in enumerate(it):
+            if i >= skip:
+                yield batch
+
+    def val_batches():
+        return val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collator)
+
+    def checkpoint_dir(step: int) -> str:
+        path = tempfile.mkdtemp(prefix=f"avray-ckpt-{step}-")
+        if tracker is not None:
+            with open(os.path.join(path, "mlflow_run_id"), "w") as f:
+                f.write(tracker.run_id)
+        return path
+
+    trainer.fit(epochs, val_batches if val is not None else None, state, checkpoint_dir)
+
+
+def _read_run_id(path: str) -> str | None:
+    file = os.path.join(path, "mlflow_run_id")
+    return open(file).read().strip() if os.path.isfile(file) else None
+
+
+def _tracker(cfg: TrainConfig, run_id: str | None):
+    from pipelines.tracking import Tracker
+
+    tracker = Tracker(cfg.tracking.uri, _storage(cfg), cfg.tracking.experiment or cfg.name,
+                      run_id=run_id, run_name=cfg.name)
+    tracker.log_params(to_dict(cfg))
+    return tracker
+
+
+def _storage(cfg: TrainConfig) -> str:
+    path = cfg.run.storage_path
+    return path if storage.is_s3(path) else os.path.abspath(storage.local_path(path))
+
+
+def datasets(cfg: TrainConfig, columns: list[str]) -> dict[str, Any]:
+    import ray.data
+
+    ds = ray.data.read_parquet(storage.join(cfg.data.features, "features"), columns=columns)
+    out = {"train": ds.filter(expr=f"split == '{cfg.data.train_split}'")}
+    if cfg.data.val_split:
+        out["val"] = ds.filter(expr=f"split == '{cfg.data.val_split}'")
+    if cfg.data.materialize:
+        out = {k: v.materialize() for k, v in out.items()}
+    return out
+
+
+def fit(cfg: TrainConfig, columns: list[str]):
+    """Build and run the TorchTrainer; returns Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    data = datasets(cfg, columns)
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "datasets": sorted(data)},
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=_storage(cfg),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures,
+                                         controller_failure_limit=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_best,
+                                               checkpoint_score_attribute=(
+                                                   "val_loss" if "val" in data else "loss"),
+                                               checkpoint_score_order="min")),
+        datasets=data)
+    return trainer.fit()
+
+
+def main(argv: list[str] | None = None):
+    jobs.setup_logging()
+    args = jobs.job_arguments(argv, __doc__)
+    try:
+        cfg, columns = preflight(load_train_config(args.config, args.overrides))
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    with jobs.ray_session(cfg.ray):
+        result = fit(cfg, columns)
+    log.info("training finished: %s", result.metrics)
+    return result
+
+
+if __name__ == "__main__":
+    main()

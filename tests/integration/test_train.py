@@ -1,0 +1,88 @@
+"""The training job end to end: real Ray Train + DeepSpeed (gloo, CPU), real parquet shards
+from the extract job, a real MLflow server, the registered model loaded back and used."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from av_model import checkpoint as av_checkpoint
+from av_model.model import GenerateOptions, Sample
+from pipelines import extract_features, train
+from pipelines.checkpoints import local_checkpoint
+from pipelines.corpora import synthetic
+from tests.conftest import ROOT
+
+EXTRACT = str(ROOT / "pipelines" / "configs" / "extract" / "tiny.yaml")
+TRAIN = str(ROOT / "pipelines" / "configs" / "train" / "tiny-instruct.yaml")
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory, tiny_encoders, ray_local) -> str:
+    """12 short synthetic clips → feature shards, through the real extract job."""
+    root = tmp_path_factory.mktemp("train_corpus")
+    cfg = synthetic.SynthConfig(n=12, seed=5, min_duration_s=5.5, max_duration_s=6.0,
+                                max_shapes=2, speech=False, split_fractions={"train": 0.75, "val": 0.25})
+    synthetic.generate(cfg, str(root / "synth"))
+    out = str(root / "features")
+    extract_features.main(["--config", EXTRACT, f"corpus.path={root}/synth/manifest.jsonl",
+                           f"output={out}", f"encoders.visual.name_or_path={tiny_encoders['visual']}",
+                           f"encoders.audio.name_or_path={tiny_encoders['audio']}"])
+    return out
+
+
+def _args(features: str, tiny_encoders: dict, tmp_path, *extra: str) -> list[str]:
+    model_yaml = os.path.join(os.path.dirname(tiny_encoders["llm"]), "model.yaml")
+    return ["--config", TRAIN, f"data.features={features}", f"model_base={model_yaml}",
+            f"run.storage_path={tmp_path / 'runs'}", "ray.progress_bars=false", *extra]
+
+
+@pytest.mark.slow
+def test_zero2_two_workers_tracks_registers_and_the_model_loads(
+        features, tiny_encoders, tmp_path, mlflow_server):
+    result = train.main(_args(features, tiny_encoders, tmp_path, "name=t-zero2",
+                              "optim.max_steps=8", "run.checkpoint_every=4", "run.val_every=4",
+                              f"tracking.uri={mlflow_server}", "tracking.register_as=tiny-av"))
+    assert result.metrics["step"] == 8 and "val_loss" in result.metrics
+    assert result.checkpoint is not None
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("t-zero2")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["deepspeed.zero_stage"] == "2"
+    assert run.data.params["scaling.num_workers"] == "2"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 9))
+    for name in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_fraction",
+                 "val_loss"):
+        assert client.get_metric_history(run.info.run_id, name), name
+    losses = [m.value for m in history]
+    assert min(losses[-3:]) < losses[0]
+    (version,) = client.search_model_versions("name='tiny-av'")
+    assert version.run_id == run.info.run_id
+    with local_checkpoint(f"models:/tiny-av/{version.version}", mlflow_server) as path:
+        model = av_checkpoint.load(path, load_encoders=False)
+    assert model.cfg.llm.mode == "full"
+    answer = model.generate([Sample([{"role": "user", "content": "Hello?"}])],
+                            GenerateOptions(max_new_tokens=3))
+    assert isinstance(answer[0], str)
+
+
+@pytest.mark.slow
+def test_zero3_two_workers_loss_decreases(features, tiny_encoders, tmp_path):
+    result = train.main(_args(features, tiny_encoders, tmp_path, "name=t-zero3",
+                              "deepspeed.zero_stage=3", "optim.max_steps=10",
+                              "run.checkpoint_every=10", "run.val_every=0",
+                              "run.generate_samples=0"))
+    assert result.metrics["step"] == 10
+    with result.checkpoint.as_directory() as path:
+        model = av_checkpoint.load(os.path.join(path, "model"), load_encoders=False)
+    assert sum(p.numel() for p in model.connector.parameters()) > 0
+
+
+def test_bad_train_config_exits_2_before_ray(tmp_path, tiny_encoders, capsys):
+    with pytest.raises(SystemExit) as err:
+        train.main(_args(str(tmp_path / "nothing"), tiny_encoders, tmp_path))
+    assert err.value.code == 2
+    assert "data.features" in capsys.readouterr().err
