@@ -86,3 +86,47 @@ def test_bad_train_config_exits_2_before_ray(tmp_path, tiny_encoders, capsys):
         train.main(_args(str(tmp_path / "nothing"), tiny_encoders, tmp_path))
     assert err.value.code == 2
     assert "data.features" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_and_the_run_ends_at_the_exact_step(
+        features, tiny_encoders, tmp_path):
+    """SIGKILL a Ray Train worker after the first checkpoint: Ray Train restarts the group
+    (FailureConfig.max_failures), the loop resumes from that checkpoint, and the run still
+    ends at optim.max_steps with one metric per step after the resume point."""
+    import glob
+    import json
+    import signal
+    import threading
+    import time
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    runs = tmp_path / "runs"
+    box: dict = {}
+
+    def run() -> None:
+        box["result"] = train.main(_args(
+            features, tiny_encoders, tmp_path, "name=t-kill", "optim.max_steps=12",
+            "run.checkpoint_every=4", "run.val_every=0", "run.generate_samples=0",
+            "run.max_failures=2"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 600
+    while not glob.glob(str(runs / "t-kill" / "checkpoint_*")) and time.time() < deadline:
+        time.sleep(0.5)
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert workers, "no Ray Train worker process found"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=900)
+    result = box["result"]
+    assert result.metrics["step"] == 12
+    with result.checkpoint.as_directory() as path:
+        assert json.load(open(os.path.join(path, "loop.json")))["step"] == 12
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("t-kill").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert set(steps) == set(range(1, 13)) and max(steps) == 12
