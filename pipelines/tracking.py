@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ class Tracker:
             self.client.log_batch(self.run_id, params=new[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        scalars = [mlflow.entities.Metric(k, float(v), 0, step) for k, v in metrics.items()
+        now = int(time.time() * 1000)
+        scalars = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()
                    if isinstance(v, (int, float))]
         if scalars:
             self.client.log_batch(self.run_id, metrics=scalars)

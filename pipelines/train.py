@@ -156,16 +156,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(cfg)
     if cfg.scaling.use_gpu:
         model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
-    state, tracker, run_id = LoopState(), None, None
+    state, tracker = LoopState(), None
     reporter = _Reporter(cfg, None, rank)
     trainer = Trainer(model, cfg, reporter)
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as path:
             state = trainer.resume(path)
-            run_id = _read_run_id(path)
     if rank == 0:
-        tracker = _tracker(cfg, run_id)
+        tracker = _tracker(cfg)
         reporter.tracker = tracker
     collator = Collator(model, cfg.data, seed=cfg.optim.seed + rank)
     train = ray.train.get_dataset_shard("train")
@@ -184,25 +183,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collator)
 
     def checkpoint_dir(step: int) -> str:
-        path = tempfile.mkdtemp(prefix=f"avray-ckpt-{step}-")
-        if tracker is not None:
-            with open(os.path.join(path, "mlflow_run_id"), "w") as f:
-                f.write(tracker.run_id)
-        return path
+        return tempfile.mkdtemp(prefix=f"avray-ckpt-{step}-")
 
     trainer.fit(epochs, val_batches if val is not None else None, state, checkpoint_dir)
 
 
-def _read_run_id(path: str) -> str | None:
-    file = os.path.join(path, "mlflow_run_id")
-    return open(file).read().strip() if os.path.isfile(file) else None
-
-
-def _tracker(cfg: TrainConfig, run_id: str | None):
+def _tracker(cfg: TrainConfig):
+    """Rank 0's MLflow run. Its id lives beside Ray Train's run directory, so a restarted
+    worker group (or a rerun of the same name and storage, which Ray Train resumes) keeps
+    logging into the same MLflow run."""
     from pipelines.tracking import Tracker
 
+    id_file = storage.join(_storage(cfg), cfg.name, "avray_mlflow_run_id")
+    run_id = None
+    if storage.exists(id_file):
+        with storage.open_input(id_file) as f:
+            run_id = f.read().decode().strip() or None
     tracker = Tracker(cfg.tracking.uri, _storage(cfg), cfg.tracking.experiment or cfg.name,
                       run_id=run_id, run_name=cfg.name)
+    if run_id is None:
+        storage.write_bytes_atomic(id_file, tracker.run_id.encode())
     tracker.log_params(to_dict(cfg))
     return tracker
 
