@@ -121,6 +121,27 @@ def _joined(audio: Any, events: Any) -> torch.Tensor | None:
     return join_audio(a, e) if events is not None else a
 
 
+def read_rows(features: str, split: str | None = None) -> list[dict[str, Any]]:
+    """All shard rows as dicts with numpy feature arrays, without Ray (small sets: tests,
+    benchmarks, quick looks); the training job streams through Ray Data instead."""
+    import pyarrow.dataset as pads
+
+    from pipelines import shards, storage
+
+    fs, path = storage.filesystem(storage.join(features, shards.FEATURES_DIR))
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    names = [c for c in COLUMNS if c in table.column_names]
+    tensors = {c: [x for chunk in table.column(c).chunks for x in chunk.to_numpy()]
+               for c in names if c in shards.TENSOR_COLUMNS}
+    rows = []
+    for i in range(table.num_rows):
+        row = {c: table.column(c)[i].as_py() for c in names if c not in tensors}
+        row.update({c: np.asarray(v[i]) for c, v in tensors.items()})
+        if split is None or row.get("split") == split:
+            rows.append(row)
+    return rows
+
+
 def iterate_rows(rows: list[dict[str, Any]], batch_size: int) -> Iterable[dict[str, Any]]:
     """Plain-Python batches of row dicts in the numpy-batch layout (tests, benchmarks)."""
     for i in range(0, len(rows), batch_size):

@@ -131,3 +131,36 @@ def test_killed_worker_restarts_and_the_run_ends_at_the_exact_step(
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert set(steps) == set(range(1, 13))
     assert len(steps) > 12          # steps after the resume point ran (and logged) twice
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_the_synthetic_clips(features, tiny_encoders, tmp_path):
+    """Trained on the real synthetic features (first QA of each clip), the tiny model's greedy
+    answers on those clips are right (where a question repeats across clips with different
+    answers, only the media tells them apart)."""
+    import numpy as np
+    import torch
+
+    from av_model.model import AVModel
+    from pipelines.train_data import Collator, read_rows
+    from pipelines.train_loop import LoopState, Trainer
+    from tests.pipelines.train_helpers import epochs_from, train_config
+
+    rows = [r for r in read_rows(features, "train") if r["conversations"]]
+    for r in rows:
+        r["conversations"] = r["conversations"][:2]
+    cfg = train_config(tiny_encoders, "full",
+                       optim={"max_steps": 400, "lr": 2e-3, "warmup_steps": 5})
+    torch.manual_seed(0)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    Trainer(model, cfg, lambda m, p: None).fit(
+        epochs_from(rows, Collator(model, cfg.data)), None, LoopState(),
+        lambda s: str(tmp_path / f"step{s}"))
+
+    def feats(x):
+        return torch.from_numpy(np.asarray(x, np.float32)) if len(x) else None
+
+    prompts = [Sample(r["conversations"][:1], feats(r["video"]), feats(r["audio"]))
+               for r in rows]
+    answers = model.generate(prompts, GenerateOptions(max_new_tokens=8))
+    assert answers == [r["conversations"][1]["content"] for r in rows]
