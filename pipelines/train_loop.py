@@ -242,13 +242,18 @@ class Trainer:
         window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
         while state.step < max_steps:
             batches = iter(epochs(state.epoch, state.batches_in_epoch))
+            seen = 0
             while state.step < max_steps:
                 t0 = time.perf_counter()
                 batch = next(batches, None)
                 window["wait"] += time.perf_counter() - t0
                 if batch is None:
+                    if seen == 0 and state.batches_in_epoch == 0:
+                        raise RuntimeError("the training split yielded no batch (no rows of "
+                                           "data.train_split on this worker?)")
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                     break
+                seen += 1
                 loss = self.engine.forward(batch).loss
                 stepped = self.engine.backward_step(loss)
                 state.batches_in_epoch += 1

@@ -60,8 +60,10 @@ def test_avray_manifest_from_webvid(tmp_path, shared_media):
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path, ray_local):
-    summary = quickstart.main(["--workdir", str(tmp_path / "qs"), "--n", "4"])
+    summary = quickstart.main(["--workdir", str(tmp_path / "qs"), "--n", "4", "--steps", "4"])
     assert summary["clips_ok"] == 4 and summary["clips_failed"] == 0
+    assert summary["train"]["step"] == 4
+    assert summary["qa"]["question"] and isinstance(summary["qa"]["answer"], str)
     saved = json.loads((tmp_path / "qs" / "features" / "summary.json").read_text())
     assert saved["clips_ok"] == 4
     assert len(shards.written_clip_ids(str(tmp_path / "qs" / "features"))) == 4
