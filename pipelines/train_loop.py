@@ -264,7 +264,6 @@ class Trainer:
                     continue
                 state.step += 1
                 metrics = {"step": state.step, **self._step_metrics(float(loss.detach()), window)}
-                window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
                 last = state.step == max_steps
                 if last or state.step % run.checkpoint_every == 0 or (
                         run.val_every and state.step % run.val_every == 0):
@@ -275,6 +274,8 @@ class Trainer:
                     self.report(metrics, path)
                 else:
                     self.report(metrics, None)
+                # Validation, checkpoints and reporting are not part of the next step's time.
+                window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
         return state
 
     def _step_metrics(self, loss: float, window: dict[str, float]) -> dict[str, Any]:

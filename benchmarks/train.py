@@ -1,0 +1,157 @@
+"""Training step time: plain torch vs the DeepSpeed loop vs Ray Train + DeepSpeed, one run.
+
+All modes train the same model (tiny encoders' features, a 4-layer 256-wide random Llama,
+full fine-tuning, the tiny causal Q-Former) on the same feature shards with the same batch:
+
+  plain        pipelines.train_loop without DeepSpeed, one process, rows in memory
+  ds-zero1/2   the same loop on a one-process DeepSpeed engine (gloo, CPU)
+  ray-zero2    the training job (TorchTrainer, 1 worker, ZeRO-2, streaming shards)
+  ray-zero2x2  the training job with 2 workers (global batch doubles: samples/s is the
+               comparable figure)
+
+Step time is the median over steps after the first ``--warmup`` (first steps pay JIT and
+allocator costs); for Ray modes it comes from the run's per-step metrics (MLflow store), so
+it excludes the ~25 s Ray Train start-up, which is reported separately as wall time.
+
+    python -m benchmarks.train [--steps 30] [--batch 4] [--clips 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+log = logging.getLogger("benchmarks.train")
+
+
+def _prepare(work: str, clips: int) -> dict[str, str]:
+    """Tiny encoders + a bench LLM, a synthetic corpus and its feature shards."""
+    from av_model.tiny import TinySizes, save_tiny_llm, save_tiny_models
+    from pipelines import extract_features
+    from pipelines.corpora import synthetic
+
+    paths = save_tiny_models(os.path.join(work, "tiny"))
+    save_tiny_llm(os.path.join(work, "tiny", "llm"), TinySizes(llm_dim=256, llm_layers=4), 0)
+    cfg = synthetic.SynthConfig(n=clips, seed=1, min_duration_s=8.0, max_duration_s=9.0,
+                                speech=False, split_fractions={"train": 1.0})
+    synthetic.generate(cfg, os.path.join(work, "synth"))
+    extract_features.main([
+        "--config", os.path.join("pipelines", "configs", "extract", "tiny.yaml"),
+        f"corpus.path={work}/synth/manifest.jsonl", f"output={work}/features",
+        f"encoders.visual.name_or_path={paths['visual']}",
+        f"encoders.audio.name_or_path={paths['audio']}", "ray.progress_bars=false"])
+    return {"model_yaml": os.path.join(work, "tiny", "model.yaml"),
+            "features": os.path.join(work, "features")}
+
+
+def _overrides(prep: dict[str, str], steps: int, batch: int) -> list[str]:
+    return [f"model_base={prep['model_yaml']}", f"data.features={prep['features']}",
+            "model.llm.mode=full", f"optim.max_steps={steps}", f"data.batch_size={batch}",
+            f"run.checkpoint_every={steps}", "run.val_every=0", "run.generate_samples=0",
+            "data.val_split=", "data.materialize=true", "ray.progress_bars=false"]
+
+
+def _in_process(prep, steps: int, batch: int, warmup: int, ds: bool, stage: int) -> dict:
+    """The loop in this process: times every optimizer step."""
+    from av_model.model import AVModel
+    from pipelines.train import preflight
+    from pipelines.train_config import load_train_config
+    from pipelines.train_data import Collator, iterate_rows, read_rows
+    from pipelines.train_loop import LoopState, Trainer
+
+    cfg, _ = preflight(load_train_config(
+        os.path.join("pipelines", "configs", "train", "tiny-instruct.yaml"),
+        _overrides(prep, steps, batch) + [f"deepspeed.enabled={str(ds).lower()}",
+                                          f"deepspeed.zero_stage={stage}"]))
+    torch.manual_seed(0)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    rows = read_rows(prep["features"], "train")
+    collator = Collator(model, cfg.data)
+    stamps: list[float] = []
+    waits: list[float] = []
+
+    def report(metrics, path):
+        stamps.append(time.perf_counter())
+        waits.append(metrics["data_wait_fraction"])
+
+    def epochs(epoch, skip):
+        for i, b in enumerate(iterate_rows(rows, batch)):
+            if i >= skip:
+                yield collator(b)
+
+    trainer = Trainer(model, cfg, report)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        trainer.fit(epochs, None, LoopState(), lambda s: os.path.join(tmp, str(s)))
+    steps_s = [b - a for a, b in zip([start] + stamps, stamps)][warmup:-1]  # last: checkpoint
+    return {"step_s": statistics.median(steps_s), "samples_per_s": batch / statistics.median(steps_s),
+            "data_wait_fraction": statistics.median(waits[warmup:-1])}
+
+
+def _ray(prep, steps: int, batch: int, warmup: int, workers: int, work: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import train
+
+    name = f"bench-{workers}w"
+    start = time.perf_counter()
+    train.main(["--config", os.path.join("pipelines", "configs", "train", "tiny-instruct.yaml"),
+                *_overrides(prep, steps, batch), f"name={name}", "deepspeed.zero_stage=2",
+                f"scaling.num_workers={workers}", f"run.storage_path={work}/runs"])
+    wall = time.perf_counter() - start
+    client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([exp.experiment_id])
+
+    def series(key):
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                        key=lambda m: m.step)][warmup:-1]
+    sps = statistics.median(series("samples_per_s"))
+    return {"step_s": batch * workers / sps, "samples_per_s": sps,
+            "data_wait_fraction": statistics.median(series("data_wait_fraction")),
+            "wall_s_including_startup": wall}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "avray-bench-train"))
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541",
+                      RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    torch.set_num_threads(1)
+    prep = _prepare(args.workdir, args.clips)
+    s, b, w = args.steps, args.batch, args.warmup
+    results = {"plain": _in_process(prep, s, b, w, ds=False, stage=0),
+               "ds-zero1": _in_process(prep, s, b, w, ds=True, stage=1),
+               "ds-zero2": _in_process(prep, s, b, w, ds=True, stage=2),
+               "ray-zero2": _ray(prep, s, b, w, 1, args.workdir),
+               "ray-zero2x2": _ray(prep, s, b, w, 2, args.workdir)}
+    base = results["plain"]
+    for r in results.values():
+        r["step_time_vs_plain"] = r["step_s"] / base["step_s"]
+        r["samples_per_s_vs_plain"] = r["samples_per_s"] / base["samples_per_s"]
+    report = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "steps": s, "warmup": w, "batch": b, "results": results}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()
