@@ -48,3 +48,31 @@ def test_bad_config_names_the_field(tmp_path, data, overrides, field):
     with pytest.raises(ConfigError) as err:
         load_train_config(_write(tmp_path, data), overrides)
     assert err.value.field == field
+
+
+def test_instruct_stage_starts_from_the_align_checkpoint(tiny_encoders, tmp_path):
+    """init_from: the previous stage's avray.yaml is the base, its connector the start."""
+    import dataclasses
+
+    import torch
+
+    from av_model import checkpoint
+    from av_model.model import AVModel
+    from av_model.tiny import tiny_model_config
+    from pipelines.train import build_model
+
+    base = tiny_model_config(tiny_encoders)
+    align = dataclasses.replace(base, llm=dataclasses.replace(base.llm, mode="frozen"))
+    torch.manual_seed(0)
+    stage1 = AVModel.build(align, load_encoders=False)
+    with torch.no_grad():
+        stage1.connector.out_proj.weight.add_(1.0)          # "trained"
+    checkpoint.save(stage1, tmp_path / "align")
+    cfg = load_train_config(_write(tmp_path, {
+        "stage": "instruct", "init_from": str(tmp_path / "align"),
+        "model": {"llm": {"mode": "lora"}}, "data": {"features": "f"}}))
+    assert cfg.model.connector == align.connector and cfg.model.llm.mode == "lora"
+    torch.manual_seed(1)
+    stage2 = build_model(cfg)
+    assert torch.equal(stage2.connector.out_proj.weight, stage1.connector.out_proj.weight)
+    assert any("lora_" in n for n, p in stage2.llm.named_parameters() if p.requires_grad)
