@@ -76,6 +76,11 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
 
     if not storage.list_files(storage.join(cfg.data.features, "features"), ".parquet"):
         raise ConfigError("data.features", f"no feature shards under {cfg.data.features}/features")
+    if storage.is_s3(cfg.run.storage_path) and not (
+            cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError("tracking.uri", "an s3:// run.storage_path needs an MLflow server "
+                          "(tracking.uri or MLFLOW_TRACKING_URI): a local store on one worker "
+                          "would be lost with it")
     meta = read_feature_metadata(cfg.data.features)
     model = cfg.model
     if meta.get("encoders"):
@@ -216,6 +221,16 @@ def _storage(cfg: TrainConfig) -> str:
     return path if storage.is_s3(path) else os.path.abspath(storage.local_path(path))
 
 
+def _ray_storage(cfg: TrainConfig) -> dict[str, Any]:
+    """Ray Train's storage: our filesystem for s3:// (AWS_ENDPOINT_URL honoured, as in every
+    other job), a plain path otherwise."""
+    path = _storage(cfg)
+    if not storage.is_s3(path):
+        return {"storage_path": path}
+    fs, inside = storage.filesystem(path)
+    return {"storage_path": inside, "storage_filesystem": fs}
+
+
 def datasets(cfg: TrainConfig, columns: list[str]) -> dict[str, Any]:
     import ray.data
 
@@ -242,7 +257,7 @@ def fit(cfg: TrainConfig, columns: list[str]):
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.name, storage_path=_storage(cfg),
+            name=cfg.name, **_ray_storage(cfg),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures,
                                          controller_failure_limit=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_best,

@@ -164,3 +164,27 @@ def test_tiny_model_learns_the_synthetic_clips(features, tiny_encoders, tmp_path
                for r in rows]
     answers = model.generate(prompts, GenerateOptions(max_new_tokens=8))
     assert answers == [r["conversations"][1]["content"] for r in rows]
+
+
+@pytest.mark.slow
+def test_s3_storage_for_checkpoints(features, tiny_encoders, tmp_path, s3_server, mlflow_server):
+    """run.storage_path on an S3-compatible server: checkpoints land there and a stage can
+    start from one (init_from=s3://...)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="train-runs")
+    args = [a for a in _args(features, tiny_encoders, tmp_path) if not a.startswith("run.")]
+    result = train.main(args + ["name=t-s3", "run.storage_path=s3://train-runs/runs",
+                                "optim.max_steps=2", "optim.warmup_steps=1",
+                                "run.checkpoint_every=2",
+                                "run.val_every=0", "run.generate_samples=0",
+                                f"tracking.uri={mlflow_server}"])
+    assert result.metrics["step"] == 2
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="train-runs")["Contents"]]
+    ckpt = next(k for k in keys if k.endswith("model/avray.yaml")).rsplit("/", 1)[0]
+    with local_checkpoint(f"s3://train-runs/{ckpt}") as path:
+        assert os.path.isfile(os.path.join(path, "connector.safetensors"))
+    with pytest.raises(SystemExit) as err:   # s3 storage without an MLflow server
+        train.main(args + ["run.storage_path=s3://train-runs/runs2"])
+    assert err.value.code == 2
