@@ -13,11 +13,12 @@ directory; loading it with ``mlflow.pyfunc.load_model`` gives a text-only predic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -114,6 +115,29 @@ class AVCheckpointModel(mlflow.pyfunc.PythonModel):
                                     for p in prompts])
 
 
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _global_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking and registry URIs at ``uri``, then put back both the
+    globals and the environment (``set_tracking_uri`` also writes MLFLOW_TRACKING_URI)."""
+    env = {k: os.environ.get(k) for k in _URI_ENV}
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def download_checkpoint(uri: str, dst: str, tracking_uri: str | None = None) -> str:
     """A ``models:/`` or ``runs:/`` URI → the local avray checkpoint directory inside it.
 
@@ -121,15 +145,11 @@ def download_checkpoint(uri: str, dst: str, tracking_uri: str | None = None) -> 
     MLflow 3.17 resolves ``models:/`` against the *global* registry URI whatever is passed,
     so both globals are set for the download and restored after.
     """
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
+    if tracking_uri:
+        with _global_uris(tracking_uri):
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    else:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
     for candidate in (root, root / "artifacts" / CHECKPOINT_ARTIFACT,
                       *root.rglob("avray.yaml")):
         path = candidate.parent if candidate.name == "avray.yaml" else candidate

@@ -167,7 +167,8 @@ def test_tiny_model_learns_the_synthetic_clips(features, tiny_encoders, tmp_path
 
 
 @pytest.mark.slow
-def test_s3_storage_for_checkpoints(features, tiny_encoders, tmp_path, s3_server, mlflow_server):
+def test_s3_storage_for_checkpoints(features, tiny_encoders, tmp_path, s3_server, mlflow_server,
+                                    monkeypatch):
     """run.storage_path on an S3-compatible server: checkpoints land there and a stage can
     start from one (init_from=s3://...)."""
     import boto3
@@ -185,6 +186,7 @@ def test_s3_storage_for_checkpoints(features, tiny_encoders, tmp_path, s3_server
     ckpt = next(k for k in keys if k.endswith("model/avray.yaml")).rsplit("/", 1)[0]
     with local_checkpoint(f"s3://train-runs/{ckpt}") as path:
         assert os.path.isfile(os.path.join(path, "connector.safetensors"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(SystemExit) as err:   # s3 storage without an MLflow server
         train.main(args + ["run.storage_path=s3://train-runs/runs2"])
     assert err.value.code == 2
