@@ -84,7 +84,3 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
         return model.merge_and_unload()
     return model
 
-
-def input_embeddings(model: PreTrainedModel) -> torch.nn.Embedding:
-    """The token embedding table, through any PEFT wrapper."""
-    return model.get_input_embeddings()

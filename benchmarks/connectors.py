@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ import torch
 from av_model.config import MODEL_PRESETS, ConnectorConfig, ModelConfig
 from av_model.connectors.factory import build_connector
 from av_model.sync import frames_per_slot, synchronise
+from benchmarks.report import emit
 
 log = logging.getLogger("benchmarks.connectors")
 LLM_DIMS = {"favor-vicuna13b": 5120, "salmonn-vicuna13b": 5120, "avllm-vicuna7b": 4096,
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
               "batch": args.batch, "results": results}
     if args.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
-    print(json.dumps(report, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ it excludes the ~25 s Ray Train start-up, which is reported separately as wall t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -29,7 +28,12 @@ import time
 
 import torch
 
+from benchmarks.report import emit
+
 log = logging.getLogger("benchmarks.train")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "pipelines", "configs")
+TRAIN = os.path.join(CONFIGS, "train", "tiny-instruct.yaml")
 
 
 def _prepare(work: str, clips: int) -> dict[str, str]:
@@ -44,7 +48,7 @@ def _prepare(work: str, clips: int) -> dict[str, str]:
                                 speech=False, split_fractions={"train": 1.0})
     synthetic.generate(cfg, os.path.join(work, "synth"))
     extract_features.main([
-        "--config", os.path.join("pipelines", "configs", "extract", "tiny.yaml"),
+        "--config", os.path.join(CONFIGS, "extract", "tiny.yaml"),
         f"corpus.path={work}/synth/manifest.jsonl", f"output={work}/features",
         f"encoders.visual.name_or_path={paths['visual']}",
         f"encoders.audio.name_or_path={paths['audio']}", "ray.progress_bars=false"])
@@ -68,8 +72,7 @@ def _in_process(prep, steps: int, batch: int, warmup: int, ds: bool, stage: int)
     from pipelines.train_loop import LoopState, Trainer
 
     cfg, _ = preflight(load_train_config(
-        os.path.join("pipelines", "configs", "train", "tiny-instruct.yaml"),
-        _overrides(prep, steps, batch) + [f"deepspeed.enabled={str(ds).lower()}",
+        TRAIN, _overrides(prep, steps, batch) + [f"deepspeed.enabled={str(ds).lower()}",
                                           f"deepspeed.zero_stage={stage}"]))
     torch.manual_seed(0)
     model = AVModel.build(cfg.model, load_encoders=False)
@@ -103,8 +106,7 @@ def _ray(prep, steps: int, batch: int, warmup: int, workers: int, work: str) -> 
 
     name = f"bench-{workers}w"
     start = time.perf_counter()
-    train.main(["--config", os.path.join("pipelines", "configs", "train", "tiny-instruct.yaml"),
-                *_overrides(prep, steps, batch), f"name={name}", "deepspeed.zero_stage=2",
+    train.main(["--config", TRAIN, *_overrides(prep, steps, batch), f"name={name}", "deepspeed.zero_stage=2",
                 f"scaling.num_workers={workers}", f"run.storage_path={work}/runs"])
     wall = time.perf_counter() - start
     client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
@@ -146,11 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["samples_per_s_vs_plain"] = r["samples_per_s"] / base["samples_per_s"]
     report = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "steps": s, "warmup": w, "batch": b, "results": results}
-    print(json.dumps(report, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from typing import Iterator
 
 import pyarrow.fs as pafs
 
 from pipelines import storage
-
-
-def upload_dir(local_dir: str, uri: str) -> None:
-    """Copy a local directory to ``uri`` (local path or s3:// prefix)."""
-    fs, path = storage.filesystem(uri)
-    if not storage.is_s3(uri):
-        shutil.copytree(local_dir, path, dirs_exist_ok=True)
-        return
-    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
 
 
 @contextlib.contextmanager

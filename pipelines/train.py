@@ -44,14 +44,14 @@ def feature_columns(features: str) -> list[str]:
     return [c for c in COLUMNS if c in schema.names]
 
 
-def _shard_dims(features: str, meta: dict[str, Any]) -> FeatureDims:
+def _shard_dims(features: str, meta: dict[str, Any], columns: list[str]) -> FeatureDims:
     """Feature sizes read off one stored row (video T×Nv×Dv, audio A×Da [+ events E×De])."""
     from pipelines.shards import TENSOR_COLUMNS
 
     first = storage.list_files(storage.join(features, "features"), ".parquet")[0]
     fs, path = storage.filesystem(first)
     table = pq.ParquetFile(path, filesystem=fs).read_row_group(0, columns=[
-        c for c in TENSOR_COLUMNS if c in feature_columns(features)])
+        c for c in TENSOR_COLUMNS if c in columns])
     shapes = {c: _first_nonempty(table.column(c)) for c in table.column_names}
     if shapes.get("video") is None or shapes.get("audio") is None:
         raise ConfigError("data.features", "cannot read feature sizes: the first shard has no "
@@ -89,11 +89,11 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
             log.warning("the shards were made with other encoders than model.encoders; "
                         "training (and the checkpoint) uses the shards' encoders")
             model = dataclasses.replace(model, encoders=shard_enc)
-    dims = _shard_dims(cfg.data.features, meta)
+    columns = feature_columns(cfg.data.features)
+    dims = _shard_dims(cfg.data.features, meta, columns)
     if model.dims.resolved and model.dims != dims:
         raise ConfigError("model.dims", f"{model.dims} but the shards hold {dims}")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, dims=dims))
-    return cfg, feature_columns(cfg.data.features)
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, dims=dims)), columns
 
 
 def build_model(cfg: TrainConfig):
@@ -128,13 +128,11 @@ class _Reporter:
 
     def __init__(self, cfg: TrainConfig, tracker, rank: int):
         self.cfg, self.tracker, self.rank = cfg, tracker, rank
-        self.step = 0
 
     def __call__(self, metrics: dict[str, Any], path: str | None) -> None:
         import ray.train
 
-        self.step += 1
-        step = int(metrics.get("step", self.step))
+        step = int(metrics["step"])
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.tracker is not None:
             self.tracker.log_metrics(scalars, step)

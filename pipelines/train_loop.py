@@ -83,7 +83,7 @@ class Engine:
 
     def __init__(self, model: AVModel, cfg: TrainConfig):
         self.cfg, self.model = cfg, model
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o))
@@ -118,9 +118,8 @@ class Engine:
         self.micro += 1
         if self.micro % self.cfg.optim.grad_accum:
             return False
-        params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.cfg.optim.grad_clip or float("inf")
-        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)

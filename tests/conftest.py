@@ -44,6 +44,19 @@ def tiny_encoders(tmp_path_factory) -> dict[str, str]:
     return save_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+def _wait_until_up(proc: subprocess.Popen, probe, timeout: float, what: str) -> None:
+    """Call ``probe`` until it stops raising OSError; kill ``proc`` and fail after timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            probe()
+            return
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"{what} did not start")
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on loopback; sets the AWS_* variables boto3 and pyarrow read."""
@@ -56,16 +69,8 @@ def s3_server():
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto server did not start")
+    _wait_until_up(proc, lambda: socket.create_connection(("127.0.0.1", port), 0.5).close(),
+                   30, "moto server")
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
@@ -107,16 +112,8 @@ def mlflow_server(tmp_path_factory):
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
+    _wait_until_up(proc, lambda: urllib.request.urlopen(f"{uri}/health", timeout=1).read(),
+                   90, "mlflow server")
     yield uri
     proc.terminate()
     proc.wait(timeout=20)

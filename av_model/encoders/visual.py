@@ -87,17 +87,11 @@ def visual_input_spec(cfg: VisualEncoderConfig) -> VisualInputSpec:
 def visual_token_count(cfg: VisualEncoderConfig, vision_config, has_cls: bool) -> int:
     """Nv for a token mode, from the tower's config alone (no weights)."""
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    if cfg.token_mode == "qformer":
-        return int(hf_num_queries(cfg))
     if cfg.token_mode == "cls":
         return 1
     if cfg.token_mode == "pooled":
         return cfg.pooled_tokens
     return patches + (1 if has_cls and cfg.token_mode == "all" else 0)
-
-
-def hf_num_queries(cfg: VisualEncoderConfig) -> int:
-    return int(AutoConfig.from_pretrained(cfg.name_or_path).num_query_tokens)
 
 
 def visual_dims(cfg: VisualEncoderConfig) -> tuple[int, int]:
@@ -144,6 +138,8 @@ class VisualEncoder(FrozenEncoder):
     @property
     def num_tokens(self) -> int:
         """Nv: tokens per frame for the configured token mode."""
+        if self.cfg.token_mode == "qformer":
+            return self.tower.num_tokens
         return visual_token_count(self.cfg, _vision_config(self.tower.config), self.has_cls)
 
     def _select_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
