@@ -68,6 +68,16 @@ class GenerateOptions:
     synced_gpus: bool = False  # every rank decodes in lockstep (DeepSpeed ZeRO-3)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One answer with what an OpenAI-style API reports about it."""
+
+    text: str
+    prompt_tokens: int       # media positions included
+    completion_tokens: int   # generated tokens, end-of-sequence included
+    finish_reason: str       # "stop" (EOS or a stop string) or "length" (max_new_tokens)
+
+
 class FeatureCache:
     """LRU of encoded media per key (e.g. conversation + media URL): a follow-up turn about
     the same clip must not re-run the encoders."""
@@ -221,6 +231,13 @@ class AVModel(nn.Module):
     def generate(self, samples: list[Sample], options: GenerateOptions = GenerateOptions(),
                  ) -> list[str]:
         """Answer the last user turn of each sample (greedy, beam or sampling)."""
+        return [g.text for g in self.generate_full(samples, options)]
+
+    @torch.no_grad()
+    def generate_full(self, samples: list[Sample], options: GenerateOptions = GenerateOptions(),
+                      streamer=None) -> list[Generation]:
+        """``generate`` plus what an API reports: token counts and why decoding stopped.
+        ``streamer`` (a transformers streamer, batch of one) receives tokens as they come."""
         batch = self.collate(samples, generation=True)
         dev = self.media_ids.device
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
@@ -230,12 +247,23 @@ class AVModel(nn.Module):
             embeds, _ = self.embed(ids, batch["video"], batch["audio"], batch["image"])
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
                                     generation_config=self._generation_config(options),
-                                    synced_gpus=options.synced_gpus,
+                                    synced_gpus=options.synced_gpus, streamer=streamer,
                                     **({"tokenizer": self.tokenizer} if options.stop else {}))
         finally:
             self.train(was_training)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [_cut_at_stop(t, options.stop).strip() for t in texts]
+        eos = self.llm.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        results = []
+        for row, prompt in zip(out.tolist(), mask.sum(dim=1).tolist()):
+            # With inputs_embeds only, generate returns the new tokens; rows end at EOS and
+            # are padded after it.
+            new, ended = _until_end(row, eos, self.tokenizer.pad_token_id)
+            raw = self.tokenizer.decode(new, skip_special_tokens=True)
+            text = cut_at_stop(raw, options.stop)
+            stopped = ended or text != raw or len(new) < options.max_new_tokens
+            results.append(Generation(text.strip(), int(prompt), len(new),
+                                      "stop" if stopped else "length"))
+        return results
 
     def _generation_config(self, options: GenerateOptions) -> GenerationConfig:
         """Only our options plus the LLM's stop ids: a checkpoint's own defaults
@@ -252,7 +280,17 @@ class AVModel(nn.Module):
         return GenerationConfig(**kw)
 
 
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+def _until_end(row: list[int], eos: set[int], pad: int | None) -> tuple[list[int], bool]:
+    """Generated ids up to and including EOS (a stop-string stop is padded after it)."""
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[:i + 1], True
+        if t == pad:
+            return row[:i], True
+    return row, False
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
     return text if cut < 0 else text[:cut]
 

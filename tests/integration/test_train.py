@@ -10,27 +10,16 @@ from mlflow.tracking import MlflowClient
 
 from av_model import checkpoint as av_checkpoint
 from av_model.model import GenerateOptions, Sample
-from pipelines import extract_features, train
+from pipelines import train
 from pipelines.checkpoints import local_checkpoint
-from pipelines.corpora import synthetic
 from tests.conftest import ROOT
 
-EXTRACT = str(ROOT / "pipelines" / "configs" / "extract" / "tiny.yaml")
 TRAIN = str(ROOT / "pipelines" / "configs" / "train" / "tiny-instruct.yaml")
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory, tiny_encoders, ray_local) -> str:
-    """12 short synthetic clips → feature shards, through the real extract job."""
-    root = tmp_path_factory.mktemp("train_corpus")
-    cfg = synthetic.SynthConfig(n=12, seed=5, min_duration_s=5.5, max_duration_s=6.0,
-                                max_shapes=2, speech=False, split_fractions={"train": 0.75, "val": 0.25})
-    synthetic.generate(cfg, str(root / "synth"))
-    out = str(root / "features")
-    extract_features.main(["--config", EXTRACT, f"corpus.path={root}/synth/manifest.jsonl",
-                           f"output={out}", f"encoders.visual.name_or_path={tiny_encoders['visual']}",
-                           f"encoders.audio.name_or_path={tiny_encoders['audio']}"])
-    return out
+def features(synth_features) -> str:
+    return synth_features["features"]
 
 
 def _args(features: str, tiny_encoders: dict, tmp_path, *extra: str) -> list[str]:
@@ -76,6 +65,11 @@ def test_zero3_two_workers_loss_decreases(features, tiny_encoders, tmp_path):
                               "run.checkpoint_every=10", "run.val_every=0",
                               "run.generate_samples=0"))
     assert result.metrics["step"] == 10
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("t-zero3").experiment_id])
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"),
+                                      key=lambda m: m.step)]
+    assert min(losses[-3:]) < losses[0]
     with result.checkpoint.as_directory() as path:
         model = av_checkpoint.load(os.path.join(path, "model"), load_encoders=False)
     assert sum(p.numel() for p in model.connector.parameters()) > 0
@@ -134,28 +128,15 @@ def test_killed_worker_restarts_and_the_run_ends_at_the_exact_step(
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_the_synthetic_clips(features, tiny_encoders, tmp_path):
+def test_tiny_model_learns_the_synthetic_clips(trained_tiny):
     """Trained on the real synthetic features (first QA of each clip), the tiny model's greedy
     answers on those clips are right (where a question repeats across clips with different
     answers, only the media tells them apart)."""
     import numpy as np
     import torch
 
-    from av_model.model import AVModel
-    from pipelines.train_data import Collator, read_rows
-    from pipelines.train_loop import LoopState, Trainer
-    from tests.pipelines.train_helpers import epochs_from, train_config
-
-    rows = [r for r in read_rows(features, "train") if r["conversations"]]
-    for r in rows:
-        r["conversations"] = r["conversations"][:2]
-    cfg = train_config(tiny_encoders, "full",
-                       optim={"max_steps": 400, "lr": 2e-3, "warmup_steps": 5})
-    torch.manual_seed(0)
-    model = AVModel.build(cfg.model, load_encoders=False)
-    Trainer(model, cfg, lambda m, p: None).fit(
-        epochs_from(rows, Collator(model, cfg.data)), None, LoopState(),
-        lambda s: str(tmp_path / f"step{s}"))
+    model = av_checkpoint.load(trained_tiny["checkpoint"], load_encoders=False)
+    rows = trained_tiny["rows"]
 
     def feats(x):
         return torch.from_numpy(np.asarray(x, np.float32)) if len(x) else None

@@ -1,0 +1,298 @@
+"""Serve a trained checkpoint behind an OpenAI-compatible chat API (Ray Serve).
+
+    python -m pipelines.serve --config pipelines/configs/serve/cpu.yaml checkpoint=runs/x/model
+    serve run pipelines.serve:build_app config=pipelines/configs/serve/cpu.yaml checkpoint=...
+    serve deploy cluster/serve_config.yaml
+
+    curl -s 127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{
+      "model": "model", "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "file:///data/clip.mp4"}},
+        {"type": "text", "text": "What happens in the clip?"}]}]}'
+
+Four deployments, each a thin shell around a plain class of ``serve_predictor``:
+
+    ChatIngress (FastAPI: /v1/chat/completions, /v1/models, /healthz, /docs)
+      ├─ Encoder (frozen encoders + feature LRU; GPU when present)
+      │    └─ Decoder (policy checks, fetch, decode; CPU)
+      └─ Generator (connector + LLM; @serve.batch dynamic batching; streaming)
+
+Media errors surface before a stream starts, so every bad request gets a 4xx JSON error.
+"""
+
+# No ``from __future__ import annotations`` here: Serve pickles the ingress class by value
+# with only the globals its code names, so FastAPI could not resolve string annotations
+# such as ``Request`` in the replica (they would turn into query parameters).
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from av_model.configlib import load_config
+from pipelines import jobs
+from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, check_supported,
+                                 chunk_body, completion_body, completion_id, models_body, usage,
+                                 to_conversation)
+from pipelines.serve_config import ServeConfig
+from av_model.model import Generation
+from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
+                                       combine, generate_options, media_resolver, model_config,
+                                       replica_setup)
+from pipelines.serve_media import DecodedMedia
+
+log = logging.getLogger(__name__)
+app = FastAPI(title="avray", description="OpenAI-compatible chat over video, audio and images",
+              version="1")
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    first = err.errors()[0] if err.errors() else {}
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    msg = first.get("msg", "invalid request")
+    return JSONResponse(ApiError(400, f"{loc or 'request body'}: {msg}", param=loc or None,
+                                 code=first.get("type")).body(), status_code=400)
+
+
+def _refusal(fn):
+    """Run ``fn``; an ApiError comes back as a value. Client mistakes travel between
+    replicas as results, not as exceptions that each replica would log as a crash."""
+    try:
+        return fn()
+    except ApiError as err:
+        return err
+
+
+def _raise_if_refused(value):
+    if isinstance(value, ApiError):
+        raise value
+    return value
+
+
+def _api_key(cfg: ServeConfig) -> str:
+    """The Bearer key from the file or env var the config names; empty = no auth."""
+    if cfg.api_key_file:
+        with open(cfg.api_key_file) as f:
+            return f.read().strip()
+    return os.environ.get(cfg.api_key_env, "").strip()
+
+
+@serve.deployment(name="Decoder")
+class DecoderDeployment:
+    def __init__(self, cfg: ServeConfig):
+        replica_setup(cfg)
+        self.resolver = media_resolver(cfg, model_config(cfg))
+
+    async def decode(self, part: MediaPart) -> DecodedMedia | ApiError:
+        return await asyncio.to_thread(_refusal, lambda: self.resolver.decode(part))
+
+
+@serve.deployment(name="Encoder")
+class EncoderDeployment:
+    def __init__(self, cfg: ServeConfig, decoder: DeploymentHandle):
+        replica_setup(cfg)
+        model_cfg = model_config(cfg)
+        self.encoder = FeatureEncoder(cfg, model_cfg)
+        self.resolver = media_resolver(cfg, model_cfg)  # cache keys only; Decoder decodes
+        self.decoder = decoder
+
+    async def features(self, part: MediaPart) -> Features | ApiError:
+        key = await asyncio.to_thread(_refusal, lambda: self.resolver.cache_key(part))
+        if isinstance(key, ApiError):
+            return key
+        hit = self.encoder.cached(key)
+        if hit is not None:
+            return hit
+        media = await self.decoder.decode.remote(part)
+        if isinstance(media, ApiError):
+            return media
+        return await asyncio.to_thread(self.encoder.encode, media, key)
+
+    def stats(self) -> dict[str, int]:
+        return self.encoder.stats()
+
+
+@serve.deployment(name="Generator")
+class GeneratorDeployment:
+    def __init__(self, cfg: ServeConfig):
+        replica_setup(cfg)
+        self.gen = ChatGenerator(cfg)
+        self.timeout_s = cfg.http.request_timeout_s
+        self._batch.set_max_batch_size(cfg.batching.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
+        self.batch_sizes: list[int] = []
+
+    async def generate(self, req: GenRequest) -> Generation | ApiError:
+        return await self._batch(req)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def _batch(self, requests: list[GenRequest]) -> list:
+        self.batch_sizes.append(len(requests))
+        return await asyncio.to_thread(self.gen.generate, requests)
+
+    async def stream(self, req: GenRequest) -> AsyncIterator:
+        """Text deltas then the Generation; a refused prompt is the only item."""
+        if (err := self.gen.check(req)) is not None:
+            yield err
+            return
+        items = self.gen.stream(req, self.timeout_s)
+        done = object()
+        while (item := await asyncio.to_thread(next, items, done)) is not done:
+            yield item
+
+    def stats(self) -> dict[str, Any]:
+        sizes = self.batch_sizes
+        return {"batches": len(sizes), "requests": sum(sizes), "max_batch": max(sizes, default=0)}
+
+
+@serve.deployment(name="ChatIngress")
+@serve.ingress(app)
+class ChatIngress:
+    def __init__(self, cfg: ServeConfig, encoder: DeploymentHandle, generator: DeploymentHandle):
+        self.cfg, self.encoder, self.generator = cfg, encoder, generator
+        self.name, self.created = cfg.served_name, int(time.time())
+        self.api_key = _api_key(cfg)
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {self.api_key}".encode()):
+            raise ApiError(401, "missing or incorrect API key (Authorization: Bearer <key>)",
+                           code="invalid_api_key")
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "model": self.name}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
+        return models_body(self.name, self.created)
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        self._authorize(request)
+        if body.model != self.name:
+            raise ApiError(404, f"the model {body.model!r} does not exist; this server has "
+                                f"{self.name!r}", param="model", code="model_not_found")
+        try:
+            return await asyncio.wait_for(self._chat(body), self.cfg.http.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"request took over {self.cfg.http.request_timeout_s} s",
+                           type="timeout_error", code="timeout") from None
+
+    async def _chat(self, body: ChatCompletionRequest):
+        check_supported(body)
+        conv = to_conversation(body)
+        options = generate_options(body, self.cfg.generation)
+        feats = await asyncio.gather(*[self.encoder.features.remote(p)
+                                       for p in (conv.visual, conv.audio) if p])
+        it = iter([_raise_if_refused(f) for f in feats])
+        visual = next(it) if conv.visual else None
+        audio = next(it) if conv.audio else None
+        req = GenRequest(conv.turns, *combine(conv, visual, audio), options)
+        if body.stream:
+            return await self._stream(req, body)
+        g = _raise_if_refused(await self.generator.generate.remote(req))
+        return completion_body(completion_id(), self.name, g.text, g.finish_reason,
+                               g.prompt_tokens, g.completion_tokens)
+
+    async def _stream(self, req: GenRequest, body: ChatCompletionRequest) -> StreamingResponse:
+        """Server-sent events in OpenAI's chunk format; the first item is awaited before the
+        response starts, so a prompt the model refuses is still a plain 4xx."""
+        gen = self.generator.options(stream=True).stream.remote(req)
+        first = _raise_if_refused(await gen.__anext__())
+        cid, name = completion_id(), self.name
+        with_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            def sse(obj: dict) -> str:
+                return f"data: {json.dumps(obj)}\n\n"
+
+            yield sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
+            item = first
+            while isinstance(item, str):
+                yield sse(chunk_body(cid, name, {"content": item}))
+                item = await gen.__anext__()
+            yield sse(chunk_body(cid, name, {}, finish_reason=item.finish_reason))
+            if with_usage:
+                yield sse(chunk_body(cid, name, {}, usage_counts=usage(
+                    item.prompt_tokens, item.completion_tokens)))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def app_for(cfg: ServeConfig):
+    """The application graph for one config."""
+    dep = cfg.deployments
+    decoder = DecoderDeployment.options(**dep.decoder.options()).bind(cfg)
+    encoder = EncoderDeployment.options(**dep.encoder.options()).bind(cfg, decoder)
+    generator = GeneratorDeployment.options(**dep.generator.options()).bind(cfg)
+    return ChatIngress.options(**dep.ingress.options()).bind(cfg, encoder, generator)
+
+
+def _flatten(args: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in args.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v) if not isinstance(v, str) else v}")
+    return out
+
+
+def serve_config_from_args(args: dict[str, Any]) -> ServeConfig:
+    """Builder args (``config=`` a YAML, the rest dotted or nested overrides) → config."""
+    args = dict(args)
+    path = args.pop("config", None)
+    if path and not os.path.exists(path):
+        shipped = os.path.join(os.path.dirname(__file__), "configs", "serve", f"{path}.yaml")
+        path = shipped if os.path.exists(shipped) else path
+    return load_config(ServeConfig, path, _flatten(args))
+
+
+def build_app(args: dict[str, Any]):
+    """``serve run pipelines.serve:build_app config=x.yaml checkpoint=... http.port=8001``;
+    also the import_path of ``cluster/serve_config.yaml`` (nested args allowed)."""
+    return app_for(serve_config_from_args(args))
+
+
+def start(cfg: ServeConfig) -> str:
+    """Start Serve's HTTP proxy (loopback unless configured) and the app; returns its URL."""
+    # Our own per-request timeout answers first with an OpenAI error; the proxy's is a backstop.
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port,
+                              "request_timeout_s": cfg.http.request_timeout_s + 10})
+    serve.run(app_for(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    prefix = cfg.route_prefix.rstrip("/")
+    return f"http://{cfg.http.host}:{cfg.http.port}{prefix}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = jobs.parse_job_config(ServeConfig, argv, __doc__)
+    with jobs.ray_session(cfg.ray):
+        url = start(cfg)
+        log.info("serving %s at %s/v1 (Ctrl-C stops)", cfg.served_name, url)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Media named by a chat request: policy checks, fetching, decoding, cache keys.
+
+Why apart from ``media.py``: ingest trusts its manifest, a server trusts nothing. Here a
+``file://`` URL must resolve (symlinks followed) inside the configured root, ``s3://`` must be
+enabled, a ``data:`` payload and a fetched object have size limits, and media longer than the
+limit is refused rather than cut. Decoding itself is ``media.decode_file``, the function ingest
+uses, so a served clip gives the features training saw.
+
+Every refusal is an ``ApiError`` (400, naming the request field) so no input reaches a replica
+as an unhandled exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.media import DecodeConfig, MediaError, decode_file
+from pipelines.serve_api import ApiError, MediaPart
+from pipelines.serve_config import MediaPolicy
+
+
+@dataclass
+class DecodedMedia:
+    frames: np.ndarray | None   # (T, S, S, 3) uint8; (1, S, S, 3) for an image
+    audio: np.ndarray | None    # (N,) float32 at 16 kHz
+
+
+class MediaResolver:
+    """Checks, fetches and decodes the media parts of requests under one policy."""
+
+    def __init__(self, policy: MediaPolicy, decode: DecodeConfig):
+        self.policy = policy
+        self.decode_cfg = DecodeConfig(fps=decode.fps, frame_size=decode.frame_size,
+                                       resize=decode.resize, max_duration_s=policy.max_video_s,
+                                       threads=decode.threads)
+        self.root = os.path.realpath(policy.allowed_root) if policy.allowed_root else None
+
+    # ------------------------------------------------------------------ locations
+
+    def _scheme(self, part: MediaPart) -> str:
+        scheme = part.url.split(":", 1)[0].lower() if ":" in part.url else ""
+        if scheme == "file" and self.root is None:
+            raise ApiError(400, "file:// URLs are disabled on this server", param=part.param,
+                           code="url_not_allowed")
+        if scheme == "s3" and not self.policy.allow_s3:
+            raise ApiError(400, "s3:// URLs are disabled on this server", param=part.param,
+                           code="url_not_allowed")
+        if scheme not in ("file", "s3", "data"):
+            raise ApiError(400, f"unsupported URL scheme {scheme or '(none)'!r}; use file://, "
+                                "s3:// or data:", param=part.param, code="unsupported_url")
+        return scheme
+
+    def _file_path(self, part: MediaPart) -> str:
+        parsed = urlparse(part.url)
+        if parsed.netloc not in ("", "localhost"):
+            raise ApiError(400, "file:// URLs must name a local path", param=part.param,
+                           code="url_not_allowed")
+        real = os.path.realpath(unquote(parsed.path))
+        if os.path.commonpath([self.root, real]) != self.root:
+            raise ApiError(400, "file:// path is outside the server's allowed media root",
+                           param=part.param, code="url_not_allowed")
+        if not os.path.isfile(real):
+            raise ApiError(400, "no such media file", param=part.param, code="media_not_found")
+        if os.path.getsize(real) > self.policy.max_fetch_bytes:
+            raise ApiError(400, f"media file is over {self.policy.max_fetch_bytes} bytes",
+                           param=part.param, code="media_too_large")
+        return real
+
+    def _s3_info(self, part: MediaPart):
+        import pyarrow.fs as pafs
+
+        fs, path = storage.filesystem(part.url)
+        try:
+            info = fs.get_file_info(path)
+        except OSError as err:
+            raise ApiError(400, f"cannot reach {part.url}: {err}", param=part.param,
+                           code="media_fetch_failed") from None
+        if info.type != pafs.FileType.File:
+            raise ApiError(400, "no such media object", param=part.param,
+                           code="media_not_found")
+        if info.size > self.policy.max_fetch_bytes:
+            raise ApiError(400, f"media object is over {self.policy.max_fetch_bytes} bytes",
+                           param=part.param, code="media_too_large")
+        return info
+
+    def _data(self, part: MediaPart) -> tuple[str, bytes]:
+        """(mime type, payload) of a ``data:[type];base64,...`` URL, size-checked first."""
+        head, sep, payload = part.url[len("data:"):].partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(400, "data: URLs must be base64 (data:<type>;base64,<payload>)",
+                           param=part.param, code="bad_data_url")
+        if len(payload) * 3 // 4 > self.policy.max_data_bytes:
+            raise ApiError(400, f"data: payload is over {self.policy.max_data_bytes} bytes",
+                           param=part.param, code="media_too_large")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "data: payload is not valid base64", param=part.param,
+                           code="bad_base64") from None
+        if not data:
+            raise ApiError(400, "data: payload is empty", param=part.param, code="bad_data_url")
+        return head[:-len(";base64")], data
+
+    def cache_key(self, part: MediaPart) -> str:
+        """Same media → same key: content hash for data:, identity + size + mtime otherwise
+        (a file replaced in place gets a new key)."""
+        scheme = self._scheme(part)
+        if scheme == "data":
+            digest = hashlib.sha256(part.url.encode()).hexdigest()
+            return f"{part.kind}:data:{digest}"
+        if scheme == "file":
+            path = self._file_path(part)
+            st = os.stat(path)
+            return f"{part.kind}:file:{path}:{st.st_size}:{st.st_mtime_ns}"
+        info = self._s3_info(part)
+        return f"{part.kind}:{part.url}:{info.size}:{info.mtime_ns}"
+
+    @contextlib.contextmanager
+    def local_file(self, part: MediaPart) -> Iterator[str]:
+        """A local path holding the part's bytes (temp files for data: and s3://)."""
+        scheme = self._scheme(part)
+        if scheme == "file":
+            yield self._file_path(part)
+            return
+        if scheme == "s3":
+            self._s3_info(part)
+            try:
+                with storage.local_copy(part.url) as path:
+                    yield path
+            except FileNotFoundError:
+                raise ApiError(400, "no such media object", param=part.param,
+                               code="media_not_found") from None
+            return
+        _, data = self._data(part)
+        with tempfile.NamedTemporaryFile(prefix="avray-media-") as f:
+            f.write(data)
+            f.flush()
+            yield f.name
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, part: MediaPart) -> DecodedMedia:
+        """Frames and/or 16 kHz audio of one part; ApiError for anything unusable."""
+        with self.local_file(part) as path:
+            if part.kind == "image":
+                return DecodedMedia(self._image(path, part), None)
+            try:
+                clip = decode_file(path, self.decode_cfg)
+            except MediaError as err:
+                raise ApiError(400, f"cannot decode {part.kind}: {err}", param=part.param,
+                               code=err.code) from None
+        if clip.truncated:
+            raise ApiError(400, f"{part.kind} is longer than the server's limit of "
+                                f"{self.policy.max_video_s} s", param=part.param,
+                           code="media_too_long")
+        if part.kind == "audio":
+            if clip.audio is None:
+                raise ApiError(400, "audio part has no audio stream", param=part.param,
+                               code="no_audio")
+            return DecodedMedia(None, clip.audio)
+        if clip.frames is None:
+            raise ApiError(400, "video part has no video stream", param=part.param,
+                           code="no_video")
+        if len(clip.frames) > self.policy.max_frames:
+            raise ApiError(400, f"video gives {len(clip.frames)} frames, over the limit of "
+                                f"{self.policy.max_frames}", param=part.param,
+                           code="media_too_long")
+        return DecodedMedia(clip.frames, clip.audio)
+
+    def _image(self, path: str, part: MediaPart) -> np.ndarray:
+        """One RGB still → (1, S, S, 3) uint8, resized like video frames."""
+        from PIL import Image, UnidentifiedImageError
+
+        size = self.decode_cfg.frame_size
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(io.BytesIO(f.read()))
+                img = img.convert("RGB")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise ApiError(400, f"cannot decode image: {err}", param=part.param,
+                           code="corrupt_or_unsupported") from None
+        if self.decode_cfg.resize == "crop":
+            scale = size / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)),
+                              max(size, round(img.height * scale))), Image.BICUBIC)
+            left, top = (img.width - size) // 2, (img.height - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        else:
+            img = img.resize((size, size), Image.BICUBIC)
+        return np.asarray(img, dtype=np.uint8)[None]   # (S, S, 3) → (1, S, S, 3)

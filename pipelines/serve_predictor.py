@@ -1,0 +1,267 @@
+"""The plain predictor classes behind serving (and evaluation): no Ray Serve in here.
+
+Why plain classes: each deployment in ``serve.py`` is a thin shell around one of these, the
+in-process ``AVPredictor`` chains them for evaluation and for the Serve-overhead benchmark,
+and the tests drive them without HTTP.
+
+    MediaResolver (serve_media)  fetch + decode, CPU
+    FeatureEncoder               frozen encoders + LRU of encoded media, GPU when present
+    ChatGenerator                connector + LLM generation, batched or streamed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from transformers import TextIteratorStreamer
+
+from av_model import checkpoint as av_checkpoint
+from av_model.config import ModelConfig
+from av_model.encoders.bundle import AVEncoders
+from av_model.encoders.visual import visual_input_spec
+from av_model.model import (AVModel, FeatureCache, GenerateOptions, Generation, Sample,
+                            cut_at_stop)
+from pipelines.checkpoints import local_checkpoint
+from pipelines.media import DecodeConfig
+from pipelines.serve_api import (ApiError, ChatCompletionRequest, Conversation, MediaPart,
+                                 check_supported, completion_body, completion_id, stop_strings,
+                                 to_conversation)
+from pipelines.serve_config import GenerationDefaults, ServeConfig
+from pipelines.serve_media import DecodedMedia, MediaResolver
+
+log = logging.getLogger(__name__)
+Features = tuple[Tensor | None, Tensor | None]   # video (T, Nv, Dv), audio (A, Da)
+
+
+@dataclass
+class GenRequest:
+    """What generation needs for one chat request (features already computed)."""
+
+    turns: list[dict[str, str]]
+    video: Tensor | None
+    audio: Tensor | None
+    image: bool
+    options: GenerateOptions
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but this replica sees no GPU (give it num_gpus)")
+    return setting
+
+
+def replica_setup(cfg: ServeConfig) -> None:
+    """Per-process thread cap: replicas sharing a host must not oversubscribe its cores."""
+    torch.set_num_threads(cfg.torch_threads)
+
+
+@contextlib.contextmanager
+def checkpoint_dir(cfg: ServeConfig) -> Iterator[str]:
+    with local_checkpoint(cfg.checkpoint, cfg.tracking_uri) as path:
+        yield path
+
+
+def model_config(cfg: ServeConfig) -> ModelConfig:
+    with checkpoint_dir(cfg) as path:
+        return av_checkpoint.load_model_config(path)
+
+
+def media_resolver(cfg: ServeConfig, model_cfg: ModelConfig) -> MediaResolver:
+    """Decoding as the model's encoders expect it (fps, frame size, resize)."""
+    enc = model_cfg.encoders
+    size = visual_input_spec(enc.visual).image_size
+    return MediaResolver(cfg.media, DecodeConfig(fps=enc.fps, frame_size=size,
+                                                 resize=enc.resize))
+
+
+def generate_options(req: ChatCompletionRequest, defaults: GenerationDefaults
+                     ) -> GenerateOptions:
+    """OpenAI sampling fields → our decoding options (temperature 0 = greedy)."""
+    max_tokens = req.max_completion_tokens or req.max_tokens or defaults.max_tokens
+    if max_tokens > defaults.max_tokens_limit:
+        raise ApiError(400, f"max_tokens may be at most {defaults.max_tokens_limit}",
+                       param="max_tokens")
+    temperature = defaults.temperature if req.temperature is None else req.temperature
+    top_p = 1.0 if req.top_p is None else req.top_p
+    sample = temperature > 0
+    return GenerateOptions(max_new_tokens=max_tokens, do_sample=sample,
+                           temperature=temperature if sample else 1.0,
+                           top_p=top_p if sample else 1.0, stop=stop_strings(req))
+
+
+def combine(conv: Conversation, visual: Features | None, audio: Features | None,
+            ) -> tuple[Tensor | None, Tensor | None, bool]:
+    """(video, audio, is_image) of a conversation: an audio part replaces a video's track."""
+    video = visual[0] if visual is not None else None
+    sound = audio[1] if audio is not None else (visual[1] if visual is not None else None)
+    return video, sound, conv.visual is not None and conv.visual.kind == "image"
+
+
+class FeatureEncoder:
+    """Frozen encoders with an LRU keyed by media identity: the next turn of a conversation
+    about the same clip skips decoding and encoding."""
+
+    def __init__(self, cfg: ServeConfig, model_cfg: ModelConfig):
+        self.device = pick_device(cfg.device)
+        self.encoders = AVEncoders(model_cfg.encoders, device=self.device)
+        if self.encoders.dims() != model_cfg.dims:
+            raise RuntimeError(f"encoders give {self.encoders.dims()}, the checkpoint was "
+                               f"trained on {model_cfg.dims}")
+        self.cache = FeatureCache(max(cfg.feature_cache_items, 1))
+        self.caching = cfg.feature_cache_items > 0
+
+    def cached(self, key: str) -> Features | None:
+        return self.cache.get(key) if self.caching else None
+
+    def encode(self, media: DecodedMedia, key: str | None = None) -> Features:
+        video, audio = self.encoders.encode(media.frames, media.audio)
+        feats = (None if video is None else video.cpu(), None if audio is None else audio.cpu())
+        if key is not None and self.caching:
+            self.cache.put(key, feats)
+        return feats
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.cache.hits, "misses": self.cache.misses,
+                "items": len(self.cache._items)}
+
+
+class ChatGenerator:
+    """Connector + LLM over encoded features; a batch is split by decoding options."""
+
+    def __init__(self, cfg: ServeConfig, model: AVModel | None = None):
+        if model is None:
+            with checkpoint_dir(cfg) as path:
+                model = av_checkpoint.load(path, load_encoders=False,
+                                           device=pick_device(cfg.device))
+        self.model = model
+
+    def _sample(self, req: GenRequest) -> Sample:
+        return Sample(req.turns, req.video, req.audio, image=req.image)
+
+    def check(self, req: GenRequest) -> ApiError | None:
+        """The prompt renders and fits (the processor's errors are the client's)."""
+        try:
+            self.model.collate([self._sample(req)], generation=True)
+        except ValueError as err:
+            return ApiError(400, str(err), param="messages", code="bad_conversation")
+        return None
+
+    def generate(self, requests: list[GenRequest]) -> list[Generation | ApiError]:
+        """One result per request, in order; a bad request fails alone, not its batch."""
+        results: list[Generation | ApiError | None] = [self.check(r) for r in requests]
+        groups: dict[GenerateOptions, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            if results[i] is None:
+                groups[r.options].append(i)
+        for options, idx in groups.items():
+            out = self.model.generate_full([self._sample(requests[i]) for i in idx], options)
+            for i, g in zip(idx, out):
+                results[i] = g
+        return results
+
+    def stream(self, req: GenRequest, timeout_s: float = 300.0) -> Iterator[str | Generation]:
+        """Text deltas as tokens arrive, then the final ``Generation``."""
+        err = self.check(req)
+        if err is not None:
+            raise err
+        streamer = TextIteratorStreamer(self.model.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True, timeout=timeout_s)
+        done: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                done["result"] = self.model.generate_full([self._sample(req)], req.options,
+                                                          streamer=streamer)[0]
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                done["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="avray-stream", daemon=True)
+        thread.start()
+        deltas = StreamText(req.options.stop)
+        for piece in streamer:
+            if piece and (delta := deltas.feed(piece)):
+                yield delta
+        thread.join()
+        if "error" in done:
+            raise done["error"]  # type: ignore[misc]
+        result: Generation = done["result"]  # type: ignore[assignment]
+        if tail := deltas.finish(result.text):
+            yield tail
+        yield result
+
+
+class StreamText:
+    """Turns streamed raw text into deltas whose concatenation is the final answer: leading
+    and trailing whitespace trimmed, nothing of a stop string ever sent."""
+
+    def __init__(self, stop: tuple[str, ...]):
+        self.stop, self.raw, self.sent = stop, "", ""
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def feed(self, piece: str) -> str:
+        self.raw += piece
+        text = cut_at_stop(self.raw, self.stop)
+        if text == self.raw and self.hold:
+            text = text[:-self.hold] if len(text) > self.hold else ""
+        return self._advance(text.strip())
+
+    def finish(self, final: str) -> str:
+        return self._advance(final) if final.startswith(self.sent) else ""
+
+    def _advance(self, safe: str) -> str:
+        if not safe.startswith(self.sent) or len(safe) <= len(self.sent):
+            return ""
+        delta, self.sent = safe[len(self.sent):], safe
+        return delta
+
+
+class AVPredictor:
+    """The whole chat path in one process: request JSON → OpenAI response JSON.
+
+    Evaluation runs this in Ray Data actors; the benchmark compares it with the HTTP path.
+    """
+
+    def __init__(self, cfg: ServeConfig):
+        replica_setup(cfg)
+        self.cfg = cfg
+        model_cfg = model_config(cfg)
+        self.resolver = media_resolver(cfg, model_cfg)
+        self.encoder = FeatureEncoder(cfg, model_cfg)
+        self.generator = ChatGenerator(cfg)
+
+    def features(self, part: MediaPart | None) -> Features | None:
+        if part is None:
+            return None
+        key = self.resolver.cache_key(part)
+        hit = self.encoder.cached(key)
+        return hit if hit is not None else self.encoder.encode(self.resolver.decode(part), key)
+
+    def prepare(self, body: dict) -> GenRequest:
+        req = ChatCompletionRequest.model_validate(body)
+        check_supported(req)
+        conv = to_conversation(req)
+        video, audio, image = combine(conv, self.features(conv.visual),
+                                      self.features(conv.audio))
+        return GenRequest(conv.turns, video, audio, image,
+                          generate_options(req, self.cfg.generation))
+
+    def chat(self, bodies: list[dict]) -> list[dict]:
+        """A batch of chat requests (one generate call per option group)."""
+        requests = [self.prepare(b) for b in bodies]
+        out = []
+        for g in self.generator.generate(requests):
+            if isinstance(g, ApiError):
+                raise g
+            out.append(completion_body(completion_id(), self.cfg.served_name, g.text,
+                                       g.finish_reason, g.prompt_tokens, g.completion_tokens))
+        return out

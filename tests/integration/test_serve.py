@@ -1,0 +1,297 @@
+"""The serving app for real: Ray Serve on 127.0.0.1, the `openai` client, a model trained in
+the tests on the synthetic corpus, real mp4/wav/flac/png media, and a matrix of bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from av_model.configlib import load_config
+from pipelines import serve as serve_job
+from pipelines.serve_config import ServeConfig
+from tests.conftest import ROOT, _free_port
+from tests.media_factory import make_broken, make_video
+
+CPU = str(ROOT / "pipelines" / "configs" / "serve" / "cpu.yaml")
+pytestmark = pytest.mark.slow
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def media(synth_features, tmp_path_factory, shared_media) -> dict[str, Path]:
+    """Extra media inside the allowed root, plus a good mp4 outside it and a symlink to it."""
+    extra = Path(synth_features["root"]) / "extra"
+    extra.mkdir(exist_ok=True)
+    outside = tmp_path_factory.mktemp("outside")
+    out = {"outside": make_video(outside / "outside.mp4", 2.0),
+           "long": make_video(extra / "long.mp4", 25.0, size="64x48", fps=5),
+           "flac": Path(shutil.copy(shared_media / "jfk.flac", extra / "jfk.flac")),
+           **make_broken(extra)}
+    (extra / "escape.mp4").symlink_to(out["outside"])
+    out["escape"] = extra / "escape.mp4"
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(trained_tiny, synth_features, media, ray_local):
+    from ray import serve
+
+    cfg = load_config(ServeConfig, CPU, [
+        f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av",
+        f"media.allowed_root={synth_features['root']}", "media.max_video_s=20",
+        "media.max_data_bytes=1048576", f"http.port={_free_port()}", "batching.max_batch_size=16",
+        "batching.batch_wait_timeout_s=0.05"])
+    url = serve_job.start(cfg)
+    yield {"url": url, "cfg": cfg}
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server["url"] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _clips(synth_features, trained_tiny) -> list[dict]:
+    """Training clips with their mp4 and the (question, answer) the model was trained on."""
+    with open(synth_features["manifest"]) as f:
+        uris = {r["clip_id"]: r["uri"] for r in map(json.loads, f)}
+    out = []
+    for r in trained_tiny["rows"]:
+        question = r["conversations"][0]["content"].split("\n", 1)[1]
+        out.append({"uri": "file://" + uris[r["clip_id"]], "question": question,
+                    "answer": r["conversations"][1]["content"]})
+    return out
+
+
+def _video_msg(uri: str, text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": uri}},
+                                         {"type": "text", "text": text}]}]
+
+
+def _stats(server, deployment: str) -> dict:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=server["cfg"].app_name)
+    return handle.stats.remote().result()
+
+
+def test_models_health_and_openapi(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny-av"]
+    assert requests.get(server["url"] + "/healthz").json()["status"] == "ok"
+    spec = requests.get(server["url"] + "/openapi.json").json()
+    assert "/v1/chat/completions" in spec["paths"]
+    assert requests.get(server["url"] + "/docs").status_code == 200
+
+
+def test_text_only(client):
+    r = client.chat.completions.create(model="tiny-av", max_tokens=5, temperature=0,
+                                       messages=[{"role": "user", "content": "Hello there"}])
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_trained_model_answers_about_its_clips(client, synth_features, trained_tiny):
+    """Raw mp4 in, through decode → encoders → connector → LLM, and the answers are right."""
+    clips = _clips(synth_features, trained_tiny)
+    got = [client.chat.completions.create(model="tiny-av", temperature=0, max_tokens=8,
+                                          messages=_video_msg(c["uri"], c["question"])
+                                          ).choices[0].message.content for c in clips]
+    assert got == [c["answer"] for c in clips]
+
+
+def test_follow_up_turn_reuses_the_features(client, server, synth_features, trained_tiny):
+    clip = _clips(synth_features, trained_tiny)[0]
+    first = client.chat.completions.create(model="tiny-av", temperature=0, max_tokens=8,
+                                           messages=_video_msg(clip["uri"], clip["question"]))
+    before = _stats(server, "Encoder")
+    messages = _video_msg(clip["uri"], clip["question"]) + [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And what else?"}]
+    second = client.chat.completions.create(model="tiny-av", temperature=0, max_tokens=4,
+                                            messages=messages)
+    after = _stats(server, "Encoder")
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+
+
+def test_streaming_matches_the_plain_answer(client, synth_features, trained_tiny):
+    clip = _clips(synth_features, trained_tiny)[1]
+    kw = dict(model="tiny-av", temperature=0, max_tokens=8,
+              messages=_video_msg(clip["uri"], clip["question"]))
+    plain = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True,
+                                                 stream_options={"include_usage": True}, **kw))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content == clip["answer"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_input_audio_image_and_audio_url(client, media):
+    t = np.arange(32000) / 16000
+    wav = io.BytesIO()
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, format="WAV")
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), (200, 30, 30), np.uint8)).save(png, format="PNG")
+    text_only = client.chat.completions.create(
+        model="tiny-av", max_tokens=2, messages=[{"role": "user", "content": "What is it?"}])
+    parts = {
+        "input_audio": {"type": "input_audio",
+                        "input_audio": {"data": _b64(wav.getvalue()), "format": "wav"}},
+        "image_url": {"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + _b64(png.getvalue())}},
+        "audio_url": {"type": "audio_url", "audio_url": {"url": f"file://{media['flac']}"}},
+    }
+    for name, part in parts.items():
+        r = client.chat.completions.create(
+            model="tiny-av", max_tokens=2, temperature=0,
+            messages=[{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]}])
+        assert r.usage.prompt_tokens > text_only.usage.prompt_tokens, name  # media positions
+    # an image with a separate audio track, in one conversation
+    r = client.chat.completions.create(model="tiny-av", max_tokens=2, messages=[
+        {"role": "user", "content": [parts["image_url"], parts["input_audio"],
+                                     {"type": "text", "text": "What is it?"}]}])
+    assert r.choices[0].message.content is not None
+
+
+def _post(server, body, raw: bytes | None = None, headers=None):
+    url = server["url"] + "/v1/chat/completions"
+    if raw is not None:
+        return requests.post(url, data=raw, headers={"content-type": "application/json"})
+    return requests.post(url, json=body, headers=headers)
+
+
+def test_bad_input_gets_4xx_and_the_server_keeps_serving(server, media, synth_features):
+    def video(url):
+        return {"model": "tiny-av", "messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "?"}]}]}
+
+    root = synth_features["root"]
+    big = _b64(os.urandom(1_200_000))
+    cases = {
+        "bad json": (None, b'{"model": "tiny-av", "messages": [', 400, None),
+        "no messages": ({"model": "tiny-av"}, None, 400, "messages"),
+        "unknown part type": ({"model": "tiny-av", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {}}]}]}, None, 400, None),
+        "unknown model": ({"model": "gpt-9", "messages": [
+            {"role": "user", "content": "hi"}]}, None, 404, "model"),
+        "outside root": (video(f"file://{media['outside']}"), None, 400, "url_not_allowed"),
+        "traversal": (video(f"file://{root}/../../../etc/passwd"), None, 400, "url_not_allowed"),
+        "symlink escape": (video(f"file://{media['escape']}"), None, 400, "url_not_allowed"),
+        "missing file": (video(f"file://{root}/nope.mp4"), None, 400, "media_not_found"),
+        "s3 disabled": (video("s3://bucket/clip.mp4"), None, 400, "url_not_allowed"),
+        "http scheme": (video("http://127.0.0.1:1/clip.mp4"), None, 400, "unsupported_url"),
+        "bad base64": (video("data:video/mp4;base64,@@@@"), None, 400, "bad_base64"),
+        "data too large": (video("data:video/mp4;base64," + big), None, 400, "media_too_large"),
+        "corrupt mp4": (video(f"file://{media['corrupt']}"), None, 400, "corrupt_or_unsupported"),
+        "empty mp4": (video(f"file://{media['empty']}"), None, 400, "empty_file"),
+        "text as mp4": (video(f"file://{media['text']}"), None, 400, "corrupt_or_unsupported"),
+        "too long": (video(f"file://{media['long']}"), None, 400, "media_too_long"),
+        "flac as image": ({"model": "tiny-av", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"file://{media['flac']}"}}]}]},
+            None, 400, "corrupt_or_unsupported"),
+        "two videos": ({"model": "tiny-av", "messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": f"file://{media['long']}"}},
+            {"type": "video_url", "video_url": {"url": f"file://{media['long']}"}}]}]},
+            None, 400, None),
+        "reserved token": ({"model": "tiny-av", "messages": [
+            {"role": "user", "content": "<VIS> hi"}]}, None, 400, None),
+        "ends with assistant": ({"model": "tiny-av", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            None, 400, None),
+        "n=2": ({"model": "tiny-av", "n": 2, "messages": [
+            {"role": "user", "content": "hi"}]}, None, 400, None),
+        "max_tokens over limit": ({"model": "tiny-av", "max_tokens": 100000, "messages": [
+            {"role": "user", "content": "hi"}]}, None, 400, None),
+        "temperature range": ({"model": "tiny-av", "temperature": 7, "messages": [
+            {"role": "user", "content": "hi"}]}, None, 400, None),
+    }
+    for name, (body, raw, status, code) in cases.items():
+        r = _post(server, body, raw)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        err = r.json()["error"]
+        assert err["message"] and err["type"], name
+        if code is not None:
+            assert code in (err["code"], err["param"]), (name, err)
+    ok = _post(server, {"model": "tiny-av", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "still there?"}]})
+    assert ok.status_code == 200, ok.text
+
+
+def test_32_concurrent_requests_all_succeed_and_are_batched(client, server, synth_features,
+                                                            trained_tiny):
+    clips = _clips(synth_features, trained_tiny)
+    before = _stats(server, "Generator")
+
+    def ask(i):
+        if i % 2:
+            msgs = [{"role": "user", "content": f"Question number {i}?"}]
+        else:
+            c = clips[i % len(clips)]
+            msgs = _video_msg(c["uri"], c["question"])
+        return client.chat.completions.create(model="tiny-av", temperature=0, max_tokens=6,
+                                              messages=msgs)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(ask, range(32)))
+    assert all(r.choices[0].message.content is not None for r in results)
+    after = _stats(server, "Generator")
+    assert after["requests"] - before["requests"] == 32
+    assert after["batches"] - before["batches"] < 32  # some requests shared a forward pass
+
+
+def test_api_key_and_request_timeout(trained_tiny, synth_features, server, tmp_path):
+    """A second app (same HTTP proxy) with a key file and a 5 ms request budget: requests
+    without the key are refused before any work; with it they run out of time (504)."""
+    from openai import AuthenticationError, OpenAI
+    from ray import serve
+
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    cfg = load_config(ServeConfig, CPU, [
+        f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av", "app_name=secure",
+        "route_prefix=/secure", f"api_key_file={key}", f"http.port={server['cfg'].http.port}",
+        "http.request_timeout_s=0.005"])
+    url = serve_job.start(cfg)
+    try:
+        hello = [{"role": "user", "content": "hi"}]
+        wrong = OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0)
+        with pytest.raises(AuthenticationError):
+            wrong.chat.completions.create(model="tiny-av", max_tokens=2, messages=hello)
+        missing = requests.post(url + "/v1/chat/completions",
+                                json={"model": "tiny-av", "messages": hello})
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "invalid_api_key"
+        assert requests.get(url + "/v1/models").status_code == 401
+        assert requests.get(url + "/v1/models", headers={
+            "authorization": "Bearer s3cret"}).json()["data"][0]["id"] == "tiny-av"
+        assert requests.get(url + "/healthz").status_code == 200
+        r = requests.post(url + "/v1/chat/completions",
+                          headers={"authorization": "Bearer s3cret"},
+                          json={"model": "tiny-av", "max_tokens": 2, "messages": hello})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    finally:
+        serve.delete("secure")
+    # the first app (no key) is unaffected
+    assert _post(server, {"model": "tiny-av", "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "hi"}]}).status_code == 200

@@ -1,0 +1,154 @@
+"""Serving pieces without Ray: request → conversation, the media policy, streamed text,
+token accounting of generation, and the in-process predictor on a saved checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from av_model import checkpoint
+from av_model.model import AVModel, GenerateOptions, Sample
+from pipelines.serve_api import ApiError, ChatCompletionRequest, MediaPart, to_conversation
+from pipelines.serve_config import MediaPolicy, ServeConfig
+from pipelines.serve_media import MediaResolver
+from pipelines.serve_predictor import AVPredictor, StreamText
+from pipelines.media import DecodeConfig
+from tests.av_model.model_helpers import tiny_config
+from tests.media_factory import make_video
+
+
+def _req(messages, **kw) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": messages, **kw})
+
+
+def test_media_part_becomes_the_training_prompt_shape():
+    conv = to_conversation(_req([
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "file:///v.mp4"}},
+                                     {"type": "text", "text": "What moves?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a ball"}]},
+        {"role": "user", "content": [{"type": "input_audio",
+                                      "input_audio": {"data": "AAAA", "format": "WAV"}},
+                                     {"type": "text", "text": "And this?"}]}]))
+    assert conv.turns == [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "<AUD_VIS>\nWhat moves?"},
+                          {"role": "assistant", "content": "a ball"},
+                          {"role": "user", "content": "And this?"}]
+    assert conv.visual == MediaPart("video", "file:///v.mp4",
+                                    "messages[1].content[0].video_url.url")
+    assert conv.audio.url == "data:audio/wav;base64,AAAA"
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x"}},
+                                   {"type": "video_url", "video_url": {"url": "data:y"}}]}],
+     "messages[0].content[1]"),
+    ([{"role": "assistant", "content": [{"type": "audio_url", "audio_url": {"url": "data:x"}}]},
+      {"role": "user", "content": "?"}], "messages[0].content[0]"),
+    ([{"role": "user", "content": "look at <AUD>"}], "messages[0].content"),
+    ([{"role": "user", "content": [{"type": "video_url"}]}], "messages[0].content[0]"),
+])
+def test_conversation_refusals_name_the_field(messages, param):
+    with pytest.raises(ApiError) as err:
+        to_conversation(_req(messages))
+    assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.fixture()
+def resolver(tmp_path) -> MediaResolver:
+    root = tmp_path / "root"
+    root.mkdir()
+    return MediaResolver(MediaPolicy(allowed_root=str(root), max_data_bytes=1000,
+                                     max_video_s=5), DecodeConfig(fps=2, frame_size=32))
+
+
+def test_file_urls_stay_inside_the_root(resolver, tmp_path):
+    root = tmp_path / "root"
+    inside = make_video(root / "a.mp4", 2.0)
+    outside = make_video(tmp_path / "b.mp4", 2.0)
+    (root / "link.mp4").symlink_to(outside)
+    (root / "sub").mkdir()
+    ok = resolver.decode(MediaPart("video", f"file://{inside}", "p"))
+    assert ok.frames.shape == (4, 32, 32, 3) and ok.audio.shape == (32000,)
+    for url in (f"file://{outside}", f"file://{root}/link.mp4", f"file://{root}/sub/../../b.mp4",
+                f"file://otherhost{inside}"):
+        with pytest.raises(ApiError) as err:
+            resolver.decode(MediaPart("video", url, "p"))
+        assert err.value.code == "url_not_allowed", url
+
+
+def test_cache_key_follows_content(resolver, tmp_path):
+    path = make_video(tmp_path / "root" / "a.mp4", 2.0)
+    part = MediaPart("video", f"file://{path}", "p")
+    key = resolver.cache_key(part)
+    assert resolver.cache_key(part) == key
+    make_video(path, 3.0)  # replaced in place
+    assert resolver.cache_key(part) != key
+    data = MediaPart("audio", "data:audio/wav;base64,AAAA", "p")
+    assert resolver.cache_key(data) == resolver.cache_key(MediaPart("audio", data.url, "q"))
+
+
+def test_limits_and_images(resolver, tmp_path):
+    from PIL import Image
+
+    big = MediaPart("video", "data:video/mp4;base64," + "A" * 2000, "p")
+    with pytest.raises(ApiError, match="over 1000 bytes"):
+        resolver.decode(big)
+    longer = make_video(tmp_path / "root" / "long.mp4", 7.0)
+    with pytest.raises(ApiError) as err:
+        resolver.decode(MediaPart("video", f"file://{longer}", "p"))
+    assert err.value.code == "media_too_long"
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(png, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    assert resolver.decode(MediaPart("image", url, "p")).frames.shape == (1, 32, 32, 3)
+    with pytest.raises(ApiError) as err:
+        resolver.decode(MediaPart("image", "data:image/png;base64,AAAA", "p"))
+    assert err.value.code == "corrupt_or_unsupported"
+
+
+def test_stream_text_never_sends_a_stop_string_and_sums_to_the_answer():
+    s = StreamText(("STOP", "##"))
+    pieces = ["  Hel", "lo ", "wor", "ld S", "TO", "P and more"]
+    deltas = [s.feed(p) for p in pieces]
+    assert "".join(deltas) == "Hello world"
+    assert not any("S" in d for d in deltas[:4])
+    plain = StreamText(())
+    out = "".join(plain.feed(p) for p in [" a", " b ", " "]) + plain.finish("a b")
+    assert out == "a b"
+
+
+def test_generate_full_counts_tokens_and_reports_why_it_stopped(tiny_encoders):
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).eval()
+    prompt = [Sample([{"role": "user", "content": "Hello?"}])]
+    (g,) = model.generate_full(prompt, GenerateOptions(max_new_tokens=3))
+    assert g.completion_tokens <= 3 and g.prompt_tokens == len(
+        model.collate(prompt, generation=True)["input_ids"][0])
+    assert g.finish_reason == ("length" if g.completion_tokens == 3 else "stop")
+    assert g.text == model.generate(prompt, GenerateOptions(max_new_tokens=3))[0]
+
+
+def test_predictor_in_process(tiny_encoders, tmp_path):
+    """The chain the deployments split up, in one process: a raw mp4 in, OpenAI JSON out."""
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders, mode="full"), load_encoders=False)
+    ckpt = checkpoint.save(model, tmp_path / "ckpt")
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = make_video(media / "a.mp4", 2.0)
+    cfg = ServeConfig(checkpoint=str(ckpt), media=MediaPolicy(allowed_root=str(media)))
+    pred = AVPredictor(cfg)
+    body = {"model": "ckpt", "max_tokens": 3, "temperature": 0, "messages": [
+        {"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{clip}"}},
+                                     {"type": "text", "text": "What is it?"}]}]}
+    first, second = pred.chat([body, body])
+    assert first["choices"][0]["message"] == second["choices"][0]["message"]
+    assert first["usage"]["prompt_tokens"] > 20  # media positions counted
+    assert pred.encoder.stats() == {"hits": 1, "misses": 1, "items": 1}
+    assert os.path.isfile(clip)
