@@ -5,8 +5,9 @@
 
 What exists today: tiny random-weight models → synthetic audio-visual corpus (real mp4
 files) → Ray Data feature extraction → parquet feature shards → Ray Train + DeepSpeed
-(2 workers, ZeRO-2) with MLflow tracking → the trained checkpoint answers a question about
-a clip from its raw mp4. Serving and evaluation join this script as they land.
+(2 workers, ZeRO-2) with MLflow tracking → Ray Serve deploys the trained checkpoint behind
+the OpenAI-compatible API, which answers a question about a clip from its raw mp4 over HTTP.
+Evaluation joins this script when it lands.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipelines.corpora import synthetic
 log = logging.getLogger("avray.quickstart")
 CONFIG = os.path.join(os.path.dirname(__file__), "configs", "extract", "tiny.yaml")
 TRAIN = os.path.join(os.path.dirname(__file__), "configs", "train", "tiny-instruct.yaml")
+SERVE = os.path.join(os.path.dirname(__file__), "configs", "serve", "cpu.yaml")
 
 
 def _stage(n: int, total: int, text: str) -> None:
@@ -64,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"model_base={work}/encoders/model.yaml", f"run.storage_path={work}/runs",
                          f"optim.max_steps={args.steps}", f"run.checkpoint_every={args.steps}",
                          f"run.val_every={args.steps}", "ray.progress_bars=false"])
-    _stage(5, 5, "the trained model answers from a raw mp4")
-    qa = _ask(result.checkpoint, f"{work}/synth/manifest.jsonl")
+    _stage(5, 5, "Ray Serve: the trained model answers about a raw mp4 over HTTP")
+    with result.checkpoint.as_directory() as path:
+        qa = _ask(os.path.join(path, "model"), f"{work}/synth")
     log.info("done in %.0f s. Produced:\n  media     %s/synth/media (%d mp4 files)\n"
              "  manifest  %s/synth/manifest.jsonl\n  features  %s/features/features (parquet)\n"
              "  errors    %s/features/errors/errors.parquet\n  runs      %s/runs (checkpoints, "
@@ -77,25 +80,41 @@ def main(argv: list[str] | None = None) -> dict:
     return {**summary, "train": result.metrics, "qa": qa}
 
 
-def _ask(checkpoint, manifest: str) -> dict:
-    """Load the final checkpoint with its encoders; ask the first clip's first question."""
-    from av_model import checkpoint as av_checkpoint
-    from av_model.encoders.visual import visual_input_spec
-    from av_model.model import GenerateOptions, Sample
-    from pipelines.media import DecodeConfig, decode_clip
+def _ask(checkpoint: str, synth: str) -> dict:
+    """Serve the checkpoint, POST the first clip's first question as an OpenAI chat request
+    with the clip as a ``video_url`` part, and shut the app down again."""
+    import socket
+    import urllib.request
 
-    with open(manifest) as f:
+    from ray import serve
+
+    from pipelines import serve as serve_job
+    from pipelines.serve_config import ServeConfig
+
+    with open(os.path.join(synth, "manifest.jsonl")) as f:
         row = next(r for r in map(json.loads, f) if r.get("conversations"))
-    with checkpoint.as_directory() as path:
-        model = av_checkpoint.load(os.path.join(path, "model"))
-    enc = model.cfg.encoders
-    clip = decode_clip(row["uri"], DecodeConfig(fps=enc.fps, resize=enc.resize,
-                                                frame_size=visual_input_spec(enc.visual).image_size))
-    video, audio = model.encode_media(clip.frames, clip.audio)
-    question, reference = row["conversations"][0], row["conversations"][1]["content"]
-    answer = model.generate([Sample([question], video, audio)], GenerateOptions(max_new_tokens=8))
-    return {"clip_id": row["clip_id"], "question": question["content"].split("\n")[-1],
-            "answer": answer[0], "reference": reference}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(ServeConfig, SERVE, [f"checkpoint={checkpoint}", "model_name=quickstart",
+                                           f"media.allowed_root={synth}", f"http.port={port}"])
+    question = row["conversations"][0]["content"].split("\n")[-1]
+    body = {"model": "quickstart", "temperature": 0, "max_tokens": 8, "messages": [
+        {"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": f"file://{row['uri']}"}},
+            {"type": "text", "text": question}]}]}
+    with jobs.ray_session(jobs.RayConfig()):
+        url = serve_job.start(cfg)
+        try:
+            req = urllib.request.Request(f"{url}/v1/chat/completions",
+                                         data=json.dumps(body).encode(),
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                answer = json.load(resp)["choices"][0]["message"]["content"]
+        finally:
+            serve.shutdown()
+    return {"clip_id": row["clip_id"], "question": question, "answer": answer,
+            "reference": row["conversations"][1]["content"], "url": f"{url}/v1"}
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from pipelines.serve import serve_config_from_args
+    from ray.serve import Application
+
+    from pipelines.serve import build_app, serve_config_from_args
 
     path = CONFIGS.parents[1] / "cluster" / "serve_config.yaml"
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
@@ -47,3 +49,4 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file():
     cfg = serve_config_from_args(app.args)  # config: gpu is a shipped preset
     assert cfg.checkpoint.startswith("models:/") and cfg.media.allowed_root == "/mnt/media"
     assert cfg.deployments.generator.autoscaling["max_replicas"] == 4
+    assert isinstance(build_app(app.args), Application)  # what `serve deploy` imports
