@@ -295,3 +295,39 @@ def test_api_key_and_request_timeout(trained_tiny, synth_features, server, tmp_p
     # the first app (no key) is unaffected
     assert _post(server, {"model": "tiny-av", "max_tokens": 2,
                           "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+
+
+def test_registered_model_and_s3_media(trained_tiny, synth_features, server, mlflow_server,
+                                       s3_server, tmp_path):
+    """checkpoint=models:/NAME/VERSION from a real MLflow server, the clip on an
+    S3-compatible server as an s3:// video_url (enabled for this app only)."""
+    import boto3
+    from openai import OpenAI
+    from ray import serve
+
+    from pipelines.tracking import Tracker
+
+    uri = Tracker(mlflow_server, str(tmp_path), "serve-registry").finish(
+        trained_tiny["checkpoint"], "tiny-serve")
+    assert uri == "models:/tiny-serve/1"
+    clip = _clips(synth_features, trained_tiny)[2]
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="serve-media")
+    s3.upload_file(clip["uri"][len("file://"):], "serve-media", "clips/c.mp4")
+    cfg = load_config(ServeConfig, CPU, [
+        f"checkpoint={uri}", f"tracking_uri={mlflow_server}", "app_name=registry",
+        "route_prefix=/registry", "media.allow_s3=true", f"http.port={server['cfg'].http.port}"])
+    url = serve_job.start(cfg)
+    try:
+        c = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in c.models.list().data] == ["tiny-serve/1"]
+        r = c.chat.completions.create(model="tiny-serve/1", temperature=0, max_tokens=8,
+                                      messages=_video_msg("s3://serve-media/clips/c.mp4",
+                                                          clip["question"]))
+        assert r.choices[0].message.content == clip["answer"]
+        missing = _post({"url": url}, {"model": "tiny-serve/1", "messages": _video_msg(
+            "s3://serve-media/clips/nope.mp4", "?")})
+        assert missing.status_code == 400
+        assert missing.json()["error"]["code"] == "media_not_found"
+    finally:
+        serve.delete("registry")
