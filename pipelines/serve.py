@@ -44,8 +44,8 @@ from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, che
 from pipelines.serve_config import ServeConfig
 from av_model.model import Generation
 from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
-                                       combine, generate_options, media_resolver, model_config,
-                                       replica_setup)
+                                       attach, generate_options, media_resolver, model_config,
+                                       replica_setup, request_for)
 from pipelines.serve_media import DecodedMedia
 
 log = logging.getLogger(__name__)
@@ -135,17 +135,22 @@ class GeneratorDeployment:
         self._batch.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
 
-    async def generate(self, req: GenRequest) -> Generation | ApiError:
-        return await self._batch(req)
+    async def generate(self, req: GenRequest, visual: Features | ApiError | None = None,
+                       audio: Features | ApiError | None = None) -> Generation | ApiError:
+        req = attach(req, visual, audio)
+        return req if isinstance(req, ApiError) else await self._batch(req)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _batch(self, requests: list[GenRequest]) -> list:
         self.batch_sizes.append(len(requests))
         return await asyncio.to_thread(self.gen.generate, requests)
 
-    async def stream(self, req: GenRequest) -> AsyncIterator:
-        """Text deltas then the Generation; a refused prompt is the only item."""
-        if (err := self.gen.check(req)) is not None:
+    async def stream(self, req: GenRequest, visual: Features | ApiError | None = None,
+                     audio: Features | ApiError | None = None) -> AsyncIterator:
+        """Text deltas then the Generation; a refused request is the only item."""
+        req = attach(req, visual, audio)
+        err = req if isinstance(req, ApiError) else self.gen.check(req)
+        if err is not None:
             yield err
             return
         items = self.gen.stream(req, self.timeout_s)
@@ -198,23 +203,22 @@ class ChatIngress:
     async def _chat(self, body: ChatCompletionRequest):
         check_supported(body)
         conv = to_conversation(body)
-        options = generate_options(body, self.cfg.generation)
-        feats = await asyncio.gather(*[self.encoder.features.remote(p)
-                                       for p in (conv.visual, conv.audio) if p])
-        it = iter([_raise_if_refused(f) for f in feats])
-        visual = next(it) if conv.visual else None
-        audio = next(it) if conv.audio else None
-        req = GenRequest(conv.turns, *combine(conv, visual, audio), options)
+        req = request_for(conv, generate_options(body, self.cfg.generation))
+        # The encoder's responses go straight into the generator call: Serve hands the
+        # features from replica to replica, not through this one.
+        media = [self.encoder.features.remote(p) if p else None
+                 for p in (conv.visual, conv.audio)]
         if body.stream:
-            return await self._stream(req, body)
-        g = _raise_if_refused(await self.generator.generate.remote(req))
+            return await self._stream(req, media, body)
+        g = _raise_if_refused(await self.generator.generate.remote(req, *media))
         return completion_body(completion_id(), self.name, g.text, g.finish_reason,
                                g.prompt_tokens, g.completion_tokens)
 
-    async def _stream(self, req: GenRequest, body: ChatCompletionRequest) -> StreamingResponse:
+    async def _stream(self, req: GenRequest, media: list, body: ChatCompletionRequest,
+                      ) -> StreamingResponse:
         """Server-sent events in OpenAI's chunk format; the first item is awaited before the
         response starts, so a prompt the model refuses is still a plain 4xx."""
-        gen = self.generator.options(stream=True).stream.remote(req)
+        gen = self.generator.options(stream=True).stream.remote(req, *media)
         first = _raise_if_refused(await gen.__anext__())
         cid, name = completion_id(), self.name
         with_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -12,6 +12,7 @@ and the tests drive them without HTTP.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
@@ -98,12 +99,22 @@ def generate_options(req: ChatCompletionRequest, defaults: GenerationDefaults
                            top_p=top_p if sample else 1.0, stop=stop_strings(req))
 
 
-def combine(conv: Conversation, visual: Features | None, audio: Features | None,
-            ) -> tuple[Tensor | None, Tensor | None, bool]:
-    """(video, audio, is_image) of a conversation: an audio part replaces a video's track."""
+def request_for(conv: Conversation, options: GenerateOptions) -> GenRequest:
+    """The generation request of a conversation, its features still to be attached."""
+    image = conv.visual is not None and conv.visual.kind == "image"
+    return GenRequest(conv.turns, None, None, image, options)
+
+
+def attach(req: GenRequest, visual: Features | ApiError | None,
+           audio: Features | ApiError | None) -> GenRequest | ApiError:
+    """Put the encoded media on the request (an audio part replaces a video's own track);
+    a refusal from media handling passes through."""
+    for feats in (visual, audio):
+        if isinstance(feats, ApiError):
+            return feats
     video = visual[0] if visual is not None else None
     sound = audio[1] if audio is not None else (visual[1] if visual is not None else None)
-    return video, sound, conv.visual is not None and conv.visual.kind == "image"
+    return dataclasses.replace(req, video=video, audio=sound)
 
 
 class FeatureEncoder:
@@ -250,10 +261,8 @@ class AVPredictor:
         req = ChatCompletionRequest.model_validate(body)
         check_supported(req)
         conv = to_conversation(req)
-        video, audio, image = combine(conv, self.features(conv.visual),
-                                      self.features(conv.audio))
-        return GenRequest(conv.turns, video, audio, image,
-                          generate_options(req, self.cfg.generation))
+        return attach(request_for(conv, generate_options(req, self.cfg.generation)),
+                      self.features(conv.visual), self.features(conv.audio))
 
     def chat(self, bodies: list[dict]) -> list[dict]:
         """A batch of chat requests (one generate call per option group)."""
