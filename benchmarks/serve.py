@@ -71,6 +71,14 @@ def _body(clip: str, tokens: int) -> dict:
                                      {"type": "text", "text": "What happens in the clip?"}]}]}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -160,9 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt, clip = _prepare(work)
         body = _body(clip, args.tokens)
 
+        port = _free_port()
+
         def config(name: str, batch: int):
             return load_config(ServeConfig, CPU, [
                 f"checkpoint={ckpt}", "model_name=bench", f"app_name={name}",
+                f"http.port={port}",
                 f"media.allowed_root={os.path.dirname(clip)}",
                 f"batching.max_batch_size={batch}",
                 f"batching.batch_wait_timeout_s={args.batch_wait}"])

@@ -278,6 +278,7 @@ def build_app(args: dict[str, Any]):
 
 def start(cfg: ServeConfig) -> str:
     """Start Serve's HTTP proxy (loopback unless configured) and the app; returns its URL."""
+    preflight(cfg)
     # Our own per-request timeout answers first with an OpenAI error; the proxy's is a backstop.
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port,
                               "request_timeout_s": cfg.http.request_timeout_s + 10})
@@ -286,8 +287,24 @@ def start(cfg: ServeConfig) -> str:
     return f"http://{cfg.http.host}:{cfg.http.port}{prefix}"
 
 
+def preflight(cfg: ServeConfig) -> None:
+    """What can be checked before Ray starts: a local checkpoint is an avray checkpoint and
+    the media root exists (s3:// and models:/ are resolved by the replicas)."""
+    from av_model.checkpoint import CONFIG_FILE
+    from av_model.configlib import check
+    from pipelines import storage
+
+    ref = cfg.checkpoint
+    if not storage.is_s3(ref) and not ref.startswith(("models:/", "runs:/")):
+        check(os.path.isfile(os.path.join(storage.local_path(ref), CONFIG_FILE)), "checkpoint",
+              f"{ref} is not an avray checkpoint directory (no {CONFIG_FILE})")
+    root = cfg.media.allowed_root
+    check(root is None or os.path.isdir(root), "media.allowed_root", f"no directory {root}")
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = jobs.parse_job_config(ServeConfig, argv, __doc__)
+    jobs.checked(preflight, cfg)
     with jobs.ray_session(cfg.ray):
         url = start(cfg)
         log.info("serving %s at %s/v1 (Ctrl-C stops)", cfg.served_name, url)

@@ -64,6 +64,9 @@ class DeploymentConfig:
         if self.autoscaling is not None:
             from ray.serve.config import AutoscalingConfig
 
+            unknown = set(self.autoscaling) - set(AutoscalingConfig.model_fields)
+            check(not unknown, "autoscaling", f"unknown keys {sorted(unknown)}; Ray Serve's "
+                  f"autoscaling_config takes {sorted(AutoscalingConfig.model_fields)}")
             try:
                 AutoscalingConfig(**self.autoscaling)
             except Exception as err:  # pydantic's ValidationError names the bad key

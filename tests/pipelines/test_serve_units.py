@@ -19,6 +19,7 @@ from pipelines.serve_media import MediaResolver
 from pipelines.serve_predictor import AVPredictor, StreamText
 from pipelines.media import DecodeConfig
 from tests.av_model.model_helpers import tiny_config
+from tests.conftest import ROOT
 from tests.media_factory import make_video
 
 
@@ -152,3 +153,22 @@ def test_predictor_in_process(tiny_encoders, tmp_path):
     assert first["usage"]["prompt_tokens"] > 20  # media positions counted
     assert pred.encoder.stats() == {"hits": 1, "misses": 1, "items": 1}
     assert os.path.isfile(clip)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("checkpoint=/nonexistent/ckpt", "checkpoint"),
+    ("deployments.generator.autoscaling.max_replicass=3", "deployments.generator.autoscaling"),
+    ("media.allowed_root=/nonexistent/media", "media.allowed_root"),
+    ("http.port=70000", "http.port"),
+])
+def test_bad_serve_config_fails_before_ray_naming_the_field(override, field, tmp_path, capsys):
+    from pipelines import serve
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "avray.yaml").write_text("{}")
+    args = ["--config", str(ROOT / "pipelines" / "configs" / "serve" / "cpu.yaml"),
+            f"checkpoint={ckpt}", override]
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(args)
+    assert exit_.value.code == 2 and f"'{field}'" in capsys.readouterr().err
