@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase,
+                          StoppingCriteriaList)
 
 from av_model.config import ModelConfig
 from av_model.configlib import ConfigError
@@ -235,9 +236,10 @@ class AVModel(nn.Module):
 
     @torch.no_grad()
     def generate_full(self, samples: list[Sample], options: GenerateOptions = GenerateOptions(),
-                      streamer=None) -> list[Generation]:
+                      streamer=None, stopping_criteria: list | None = None) -> list[Generation]:
         """``generate`` plus what an API reports: token counts and why decoding stopped.
-        ``streamer`` (a transformers streamer, batch of one) receives tokens as they come."""
+        ``streamer`` (a transformers streamer, batch of one) receives tokens as they come;
+        ``stopping_criteria`` (transformers') can end decoding early, e.g. on cancellation."""
         batch = self.collate(samples, generation=True)
         dev = self.media_ids.device
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
@@ -248,6 +250,7 @@ class AVModel(nn.Module):
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
                                     generation_config=self._generation_config(options),
                                     synced_gpus=options.synced_gpus, streamer=streamer,
+                                    stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
                                     **({"tokenizer": self.tokenizer} if options.stop else {}))
         finally:
             self.train(was_training)

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any, AsyncIterator
 
@@ -153,10 +154,14 @@ class GeneratorDeployment:
         if err is not None:
             yield err
             return
-        items = self.gen.stream(req, self.timeout_s)
+        cancel = threading.Event()
+        items = self.gen.stream(req, self.timeout_s, cancel)
         done = object()
-        while (item := await asyncio.to_thread(next, items, done)) is not done:
-            yield item
+        try:
+            while (item := await asyncio.to_thread(next, items, done)) is not done:
+                yield item
+        finally:  # finished, failed, or cancelled because the client went away
+            cancel.set()
 
     def stats(self) -> dict[str, Any]:
         sizes = self.batch_sizes
@@ -227,15 +232,25 @@ class ChatIngress:
             def sse(obj: dict) -> str:
                 return f"data: {json.dumps(obj)}\n\n"
 
-            yield sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
-            item = first
-            while isinstance(item, str):
-                yield sse(chunk_body(cid, name, {"content": item}))
-                item = await gen.__anext__()
-            yield sse(chunk_body(cid, name, {}, finish_reason=item.finish_reason))
-            if with_usage:
-                yield sse(chunk_body(cid, name, {}, usage_counts=usage(
-                    item.prompt_tokens, item.completion_tokens)))
+            finished = False
+            try:
+                yield sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
+                item = first
+                while isinstance(item, str):
+                    yield sse(chunk_body(cid, name, {"content": item}))
+                    item = await gen.__anext__()
+                yield sse(chunk_body(cid, name, {}, finish_reason=item.finish_reason))
+                if with_usage:
+                    yield sse(chunk_body(cid, name, {}, usage_counts=usage(
+                        item.prompt_tokens, item.completion_tokens)))
+                finished = True
+            except Exception as err:  # noqa: BLE001 - headers are sent: report in-band
+                log.exception("stream %s failed", cid)
+                yield sse(ApiError(500, f"generation failed: {type(err).__name__}",
+                                   type="server_error", code="generation_failed").body())
+            finally:
+                if not finished:
+                    gen.cancel()  # a client that went away stops the generator's decoding
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

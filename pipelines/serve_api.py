@@ -88,9 +88,9 @@ class ChatCompletionRequest(_Open):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int | None = 1
     tools: list[Any] | None = None
     logprobs: bool | None = None
 
@@ -174,15 +174,19 @@ def to_conversation(req: ChatCompletionRequest) -> Conversation:
     return conv
 
 
+MAX_STOP_CHARS = 64  # transformers' stop-string set-up costs vocabulary × length
+
+
 def stop_strings(req: ChatCompletionRequest) -> tuple[str, ...]:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stop) > 4 or any(not s for s in stop):
-        raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
+    if len(stop) > 4 or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(400, f"stop takes up to 4 non-empty strings of at most "
+                            f"{MAX_STOP_CHARS} characters", param="stop")
     return tuple(stop)
 
 
 def check_supported(req: ChatCompletionRequest) -> None:
-    if req.n != 1:
+    if req.n not in (None, 1):
         raise ApiError(400, "only n=1 is supported", param="n")
     if req.tools:
         raise ApiError(400, "tools are not supported by this model", param="tools")

@@ -31,6 +31,35 @@ from pipelines.serve_api import ApiError, MediaPart
 from pipelines.serve_config import MediaPolicy
 
 
+def sniff(head: bytes) -> str | None:
+    """The container family of a file's first bytes, or None when it is not one we decode.
+
+    Why a whitelist: ffmpeg (inside decord) detects formats by content, and a playlist
+    (HLS ``#EXTM3U``, ``ffconcat``) would make it open local files the playlist names,
+    outside the allowed root. Only self-contained media containers get to the decoder.
+    """
+    if len(head) >= 8 and head[4:8] == b"ftyp":
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] in (b"WAVE", b"AVI ", b"WEBP"):
+        return {b"WAVE": "wav", b"AVI ": "avi", b"WEBP": "webp"}[head[8:12]]
+    for magic, name in ((b"OggS", "ogg"), (b"fLaC", "flac"), (b"ID3", "mp3"), (b"FLV", "flv"),
+                        (b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"),
+                        (b"BM", "bmp")):
+        if head.startswith(magic):
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "mpeg-audio"   # MP3 / ADTS AAC frame sync
+    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
+        return "mpegts"
+    return None
+
+
+IMAGE_FORMATS = ("png", "jpeg", "gif", "bmp", "webp")
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 @dataclass
 class DecodedMedia:
     frames: np.ndarray | None   # (T, S, S, 3) uint8; (1, S, S, 3) for an image
@@ -50,6 +79,14 @@ class MediaResolver:
     # ------------------------------------------------------------------ locations
 
     def _scheme(self, part: MediaPart) -> str:
+        try:
+            part.url.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "URL is not valid UTF-8", param=part.param,
+                           code="bad_url") from None
+        if "\x00" in unquote(part.url[:4096]):
+            raise ApiError(400, "URL contains a NUL character", param=part.param,
+                           code="bad_url")
         scheme = part.url.split(":", 1)[0].lower() if ":" in part.url else ""
         if scheme == "file" and self.root is None:
             raise ApiError(400, "file:// URLs are disabled on this server", param=part.param,
@@ -84,7 +121,7 @@ class MediaResolver:
         fs, path = storage.filesystem(part.url)
         try:
             info = fs.get_file_info(path)
-        except OSError as err:
+        except Exception as err:  # OSError, ArrowInvalid for a malformed bucket/key
             raise ApiError(400, f"cannot reach {part.url}: {err}", param=part.param,
                            code="media_fetch_failed") from None
         if info.type != pafs.FileType.File:
@@ -128,6 +165,23 @@ class MediaResolver:
         return f"{part.kind}:{part.url}:{info.size}:{info.mtime_ns}"
 
     @contextlib.contextmanager
+    def _fetched(self, part: MediaPart) -> Iterator[str]:
+        """An s3:// object in a temp file; storage errors are the client's 400s."""
+        try:
+            cm = storage.local_copy(part.url)
+            path = cm.__enter__()
+        except FileNotFoundError:
+            raise ApiError(400, "no such media object", param=part.param,
+                           code="media_not_found") from None
+        except Exception as err:  # access denied, bad bucket name, ...
+            raise ApiError(400, f"cannot fetch {part.url}: {type(err).__name__}",
+                           param=part.param, code="media_fetch_failed") from None
+        try:
+            yield path
+        finally:
+            cm.__exit__(None, None, None)
+
+    @contextlib.contextmanager
     def local_file(self, part: MediaPart) -> Iterator[str]:
         """A local path holding the part's bytes (temp files for data: and s3://)."""
         scheme = self._scheme(part)
@@ -136,12 +190,8 @@ class MediaResolver:
             return
         if scheme == "s3":
             self._s3_info(part)
-            try:
-                with storage.local_copy(part.url) as path:
-                    yield path
-            except FileNotFoundError:
-                raise ApiError(400, "no such media object", param=part.param,
-                               code="media_not_found") from None
+            with self._fetched(part) as path:
+                yield path
             return
         _, data = self._data(part)
         with tempfile.NamedTemporaryFile(prefix="avray-media-") as f:
@@ -151,9 +201,20 @@ class MediaResolver:
 
     # ------------------------------------------------------------------ decoding
 
+    def _check_format(self, path: str, part: MediaPart) -> None:
+        with open(path, "rb") as f:
+            head = f.read(256)
+        if not head:
+            raise ApiError(400, f"{part.kind} is empty", param=part.param, code="empty_file")
+        kind = sniff(head)
+        if kind is None or (part.kind == "image") != (kind in IMAGE_FORMATS):
+            raise ApiError(400, f"not a supported {part.kind} format", param=part.param,
+                           code="corrupt_or_unsupported")
+
     def decode(self, part: MediaPart) -> DecodedMedia:
         """Frames and/or 16 kHz audio of one part; ApiError for anything unusable."""
         with self.local_file(part) as path:
+            self._check_format(path, part)
             if part.kind == "image":
                 return DecodedMedia(self._image(path, part), None)
             try:
@@ -161,6 +222,9 @@ class MediaResolver:
             except MediaError as err:
                 raise ApiError(400, f"cannot decode {part.kind}: {err}", param=part.param,
                                code=err.code) from None
+            except Exception as err:  # decord raises its own errors on odd files
+                raise ApiError(400, f"cannot decode {part.kind}: {type(err).__name__}",
+                               param=part.param, code="corrupt_or_unsupported") from None
         if clip.truncated:
             raise ApiError(400, f"{part.kind} is longer than the server's limit of "
                                 f"{self.policy.max_video_s} s", param=part.param,
@@ -181,16 +245,23 @@ class MediaResolver:
 
     def _image(self, path: str, part: MediaPart) -> np.ndarray:
         """One RGB still → (1, S, S, 3) uint8, resized like video frames."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         size = self.decode_cfg.frame_size
         try:
             with open(path, "rb") as f:
-                img = Image.open(io.BytesIO(f.read()))
+                img = Image.open(io.BytesIO(f.read()),
+                                 formats=[f.upper() for f in IMAGE_FORMATS])
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise ApiError(400, f"image is {img.width}x{img.height}, over "
+                                        f"{MAX_IMAGE_PIXELS} pixels", param=part.param,
+                                   code="media_too_large")
                 img = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-            raise ApiError(400, f"cannot decode image: {err}", param=part.param,
-                           code="corrupt_or_unsupported") from None
+        except ApiError:
+            raise
+        except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, ...
+            raise ApiError(400, f"cannot decode image: {type(err).__name__}: {err}"[:300],
+                           param=part.param, code="corrupt_or_unsupported") from None
         if self.decode_cfg.resize == "crop":
             scale = size / min(img.size)
             img = img.resize((max(size, round(img.width * scale)),

@@ -21,7 +21,8 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
-from transformers import TextIteratorStreamer
+from jinja2 import TemplateError
+from transformers import StoppingCriteria, TextIteratorStreamer
 
 from av_model import checkpoint as av_checkpoint
 from av_model.config import ModelConfig
@@ -93,7 +94,7 @@ def generate_options(req: ChatCompletionRequest, defaults: GenerationDefaults
                        param="max_tokens")
     temperature = defaults.temperature if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
-    sample = temperature > 0
+    sample = temperature >= 1e-5   # below that, logits / temperature overflow: greedy
     return GenerateOptions(max_new_tokens=max_tokens, do_sample=sample,
                            temperature=temperature if sample else 1.0,
                            top_p=top_p if sample else 1.0, stop=stop_strings(req))
@@ -129,15 +130,20 @@ class FeatureEncoder:
                                f"trained on {model_cfg.dims}")
         self.cache = FeatureCache(max(cfg.feature_cache_items, 1))
         self.caching = cfg.feature_cache_items > 0
+        self._lock = threading.Lock()  # looked up on the event loop, filled from threads
 
     def cached(self, key: str) -> Features | None:
-        return self.cache.get(key) if self.caching else None
+        if not self.caching:
+            return None
+        with self._lock:
+            return self.cache.get(key)
 
     def encode(self, media: DecodedMedia, key: str | None = None) -> Features:
         video, audio = self.encoders.encode(media.frames, media.audio)
         feats = (None if video is None else video.cpu(), None if audio is None else audio.cpu())
         if key is not None and self.caching:
-            self.cache.put(key, feats)
+            with self._lock:
+                self.cache.put(key, feats)
         return feats
 
     def stats(self) -> dict[str, int]:
@@ -162,7 +168,7 @@ class ChatGenerator:
         """The prompt renders and fits (the processor's errors are the client's)."""
         try:
             self.model.collate([self._sample(req)], generation=True)
-        except ValueError as err:
+        except (ValueError, TemplateError) as err:  # a chat template's raise_exception
             return ApiError(400, str(err), param="messages", code="bad_conversation")
         return None
 
@@ -174,13 +180,27 @@ class ChatGenerator:
             if results[i] is None:
                 groups[r.options].append(i)
         for options, idx in groups.items():
-            out = self.model.generate_full([self._sample(requests[i]) for i in idx], options)
+            try:
+                out = self.model.generate_full([self._sample(requests[i]) for i in idx],
+                                               options)
+            except Exception:  # noqa: BLE001 - find the request at fault, spare the rest
+                log.exception("batch of %d failed; retrying its requests one by one", len(idx))
+                out = [self._alone(requests[i]) for i in idx]
             for i, g in zip(idx, out):
                 results[i] = g
         return results
 
-    def stream(self, req: GenRequest, timeout_s: float = 300.0) -> Iterator[str | Generation]:
-        """Text deltas as tokens arrive, then the final ``Generation``."""
+    def _alone(self, req: GenRequest) -> Generation | ApiError:
+        try:
+            return self.model.generate_full([self._sample(req)], req.options)[0]
+        except Exception as err:  # noqa: BLE001
+            return ApiError(500, f"generation failed: {type(err).__name__}",
+                            type="server_error", code="generation_failed")
+
+    def stream(self, req: GenRequest, timeout_s: float = 300.0,
+               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
+        """Text deltas as tokens arrive, then the final ``Generation``; setting ``cancel``
+        (the client went away) stops decoding at the next token."""
         err = self.check(req)
         if err is not None:
             raise err
@@ -190,8 +210,9 @@ class ChatGenerator:
 
         def work() -> None:
             try:
-                done["result"] = self.model.generate_full([self._sample(req)], req.options,
-                                                          streamer=streamer)[0]
+                done["result"] = self.model.generate_full(
+                    [self._sample(req)], req.options, streamer=streamer,
+                    stopping_criteria=[_Cancelled(cancel)] if cancel is not None else None)[0]
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 done["error"] = exc
                 streamer.end()
@@ -211,6 +232,15 @@ class ChatGenerator:
         yield result
 
 
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
 class StreamText:
     """Turns streamed raw text into deltas whose concatenation is the final answer: leading
     and trailing whitespace trimmed, nothing of a stop string ever sent."""
@@ -222,8 +252,9 @@ class StreamText:
     def feed(self, piece: str) -> str:
         self.raw += piece
         text = cut_at_stop(self.raw, self.stop)
-        if text == self.raw and self.hold:
-            text = text[:-self.hold] if len(text) > self.hold else ""
+        # Always hold back the last hold characters: a longer stop string that began
+        # earlier may still complete and cut before them.
+        text = text[:max(0, len(self.raw) - self.hold)]
         return self._advance(text.strip())
 
     def finish(self, final: str) -> str:

@@ -172,3 +172,50 @@ def test_bad_serve_config_fails_before_ray_naming_the_field(override, field, tmp
     with pytest.raises(SystemExit) as exit_:
         serve.main(args)
     assert exit_.value.code == 2 and f"'{field}'" in capsys.readouterr().err
+
+
+def test_playlists_and_odd_urls_never_reach_the_decoder(resolver, tmp_path):
+    """An HLS playlist as a data: payload would make ffmpeg open the files it names."""
+    outside = make_video(tmp_path / "secret.mp4", 2.0)
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{outside}\n#EXT-X-ENDLIST\n"
+    url = "data:audio/x-mpegurl;base64," + base64.b64encode(playlist.encode()).decode()
+    with pytest.raises(ApiError) as err:
+        resolver.decode(MediaPart("audio", url, "p"))
+    assert err.value.code == "corrupt_or_unsupported"
+    for bad in ("file:///root/a%00.mp4", "file:///root/\ud800.mp4"):
+        with pytest.raises(ApiError) as err:
+            resolver.decode(MediaPart("video", bad, "p"))
+        assert err.value.code == "bad_url"
+
+
+def test_stream_text_holds_back_for_a_longer_stop_string():
+    s = StreamText(("lo", "hello w"))
+    assert "".join(s.feed(p) for p in ["xhel", "lo", " w"]) == "x"
+
+
+def test_tiny_temperatures_are_greedy_and_long_stops_refused():
+    from pipelines.serve_config import GenerationDefaults
+    from pipelines.serve_predictor import generate_options
+
+    hello = [{"role": "user", "content": "hi"}]
+    opts = generate_options(_req(hello, temperature=1e-320), GenerationDefaults())
+    assert not opts.do_sample
+    with pytest.raises(ApiError) as err:
+        generate_options(_req(hello, stop=["a" * 5000]), GenerationDefaults())
+    assert err.value.param == "stop"
+
+
+def test_a_failing_request_does_not_fail_its_batch(tiny_encoders):
+    from pipelines.serve_predictor import ChatGenerator, GenRequest
+
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).eval()
+    gen = ChatGenerator(ServeConfig(checkpoint="unused"), model=model)
+    opts = GenerateOptions(max_new_tokens=2)
+    good = GenRequest([{"role": "user", "content": "hi"}], None, None, False, opts)
+    dims = model.cfg.dims
+    broken = GenRequest([{"role": "user", "content": "hi"}],
+                        torch.zeros(2, dims.video_tokens, dims.video_dim + 3), None, False, opts)
+    out = gen.generate([good, broken, good])
+    assert isinstance(out[1], ApiError) and out[1].status == 500
+    assert out[0].text == out[2].text and not isinstance(out[0], ApiError)
