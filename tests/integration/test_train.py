@@ -124,7 +124,9 @@ def test_killed_worker_restarts_and_the_run_ends_at_the_exact_step(
     (run,) = client.search_runs([client.get_experiment_by_name("t-kill").experiment_id])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert set(steps) == set(range(1, 13))
-    assert len(steps) > 12          # steps after the resume point ran (and logged) twice
+    # Steps between the checkpoint and the kill run (and log) twice; a kill landing right
+    # at the checkpoint leaves none, so only "no step missing" is certain here.
+    assert len(steps) >= 12
 
 
 @pytest.mark.slow
