@@ -95,6 +95,9 @@ class FeatureCache:
         self.misses += 1
         return None
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def put(self, key: str, value) -> None:
         self._items[key] = value
         self._items.move_to_end(key)

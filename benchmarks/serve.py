@@ -71,14 +71,6 @@ def _body(clip: str, tokens: int) -> dict:
                                      {"type": "text", "text": "What happens in the clip?"}]}]}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -160,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ray import serve
 
     from av_model.configlib import load_config
+    from pipelines import jobs
     from pipelines.serve_config import ServeConfig
     from pipelines.serve_predictor import AVPredictor
 
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt, clip = _prepare(work)
         body = _body(clip, args.tokens)
 
-        port = _free_port()
+        port = jobs.free_port()
 
         def config(name: str, batch: int):
             return load_config(ServeConfig, CPU, [

@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
 def _ask(checkpoint: str, synth: str) -> dict:
     """Serve the checkpoint, POST the first clip's first question as an OpenAI chat request
     with the clip as a ``video_url`` part, and shut the app down again."""
-    import socket
     import urllib.request
 
     from ray import serve
@@ -93,11 +92,9 @@ def _ask(checkpoint: str, synth: str) -> dict:
 
     with open(os.path.join(synth, "manifest.jsonl")) as f:
         row = next(r for r in map(json.loads, f) if r.get("conversations"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = load_config(ServeConfig, SERVE, [f"checkpoint={checkpoint}", "model_name=quickstart",
-                                           f"media.allowed_root={synth}", f"http.port={port}"])
+                                           f"media.allowed_root={synth}",
+                                           f"http.port={jobs.free_port()}"])
     question = row["conversations"][0]["content"].split("\n")[-1]
     body = {"model": "quickstart", "temperature": 0, "max_tokens": 8, "messages": [
         {"role": "user", "content": [

@@ -38,16 +38,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from av_model.configlib import load_config
-from pipelines import jobs
-from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, check_supported,
-                                 chunk_body, completion_body, completion_id, models_body, usage,
-                                 to_conversation)
-from pipelines.serve_config import ServeConfig
 from av_model.model import Generation
-from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
-                                       attach, generate_options, media_resolver, model_config,
-                                       replica_setup, request_for)
+from pipelines import jobs
+from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, chunk_body,
+                                 completion_body, completion_id, models_body, usage)
+from pipelines.serve_config import ServeConfig
 from pipelines.serve_media import DecodedMedia
+from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
+                                       attach, media_resolver, model_config, plan, replica_setup)
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="avray", description="OpenAI-compatible chat over video, audio and images",
@@ -134,7 +132,7 @@ class GeneratorDeployment:
         self.timeout_s = cfg.http.request_timeout_s
         self._batch.set_max_batch_size(cfg.batching.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
-        self.batch_sizes: list[int] = []
+        self.batches = self.requests = self.max_batch = 0   # counters, not a growing list
 
     async def generate(self, req: GenRequest, visual: Features | ApiError | None = None,
                        audio: Features | ApiError | None = None) -> Generation | ApiError:
@@ -143,7 +141,8 @@ class GeneratorDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _batch(self, requests: list[GenRequest]) -> list:
-        self.batch_sizes.append(len(requests))
+        self.batches, self.requests = self.batches + 1, self.requests + len(requests)
+        self.max_batch = max(self.max_batch, len(requests))
         return await asyncio.to_thread(self.gen.generate, requests)
 
     async def stream(self, req: GenRequest, visual: Features | ApiError | None = None,
@@ -164,8 +163,7 @@ class GeneratorDeployment:
             cancel.set()
 
     def stats(self) -> dict[str, Any]:
-        sizes = self.batch_sizes
-        return {"batches": len(sizes), "requests": sum(sizes), "max_batch": max(sizes, default=0)}
+        return {"batches": self.batches, "requests": self.requests, "max_batch": self.max_batch}
 
 
 @serve.deployment(name="ChatIngress")
@@ -206,9 +204,7 @@ class ChatIngress:
                            type="timeout_error", code="timeout") from None
 
     async def _chat(self, body: ChatCompletionRequest):
-        check_supported(body)
-        conv = to_conversation(body)
-        req = request_for(conv, generate_options(body, self.cfg.generation))
+        conv, req = plan(body, self.cfg.generation)
         # The encoder's responses go straight into the generator call: Serve hands the
         # features from replica to replica, not through this one.
         media = [self.encoder.features.remote(p) if p else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,7 +111,6 @@ class Conversation:
     turns: list[dict[str, str]]
     visual: MediaPart | None = None
     audio: MediaPart | None = None
-    parts: list[MediaPart] = field(default_factory=list)
 
 
 _KINDS = {"video_url": "video", "image_url": "image", "audio_url": "audio",
@@ -164,9 +163,9 @@ def to_conversation(req: ChatCompletionRequest) -> Conversation:
             if getattr(conv, slot) is not None:
                 raise ApiError(400, f"a conversation may carry at most one {slot} part "
                                     "(video or image) and one audio part", param=param)
+            first = conv.visual is None and conv.audio is None
             setattr(conv, slot, media)
-            conv.parts.append(media)
-            if len(conv.parts) == 1:
+            if first:
                 pieces.append(AUD_VIS)  # the processor sets the right token for the media
         conv.turns.append({"role": role, "content": "\n".join(pieces)})
     if conv.turns[-1]["role"] != "user":

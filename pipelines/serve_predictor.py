@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, TextIteratorStreamer
 from av_model import checkpoint as av_checkpoint
 from av_model.config import ModelConfig
 from av_model.encoders.bundle import AVEncoders
+from av_model.encoders.common import default_device
 from av_model.encoders.visual import visual_input_spec
 from av_model.model import (AVModel, FeatureCache, GenerateOptions, Generation, Sample,
                             cut_at_stop)
@@ -55,7 +56,7 @@ class GenRequest:
 
 def pick_device(setting: str) -> str:
     if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(default_device())
     if setting == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but this replica sees no GPU (give it num_gpus)")
     return setting
@@ -100,10 +101,15 @@ def generate_options(req: ChatCompletionRequest, defaults: GenerationDefaults
                            top_p=top_p if sample else 1.0, stop=stop_strings(req))
 
 
-def request_for(conv: Conversation, options: GenerateOptions) -> GenRequest:
-    """The generation request of a conversation, its features still to be attached."""
+def plan(req: ChatCompletionRequest, defaults: GenerationDefaults,
+         ) -> tuple[Conversation, GenRequest]:
+    """A validated request → its conversation (media parts to encode) and the generation
+    request, its features still to be attached. Every check that needs no media runs here,
+    before any decoding."""
+    check_supported(req)
+    conv = to_conversation(req)
     image = conv.visual is not None and conv.visual.kind == "image"
-    return GenRequest(conv.turns, None, None, image, options)
+    return conv, GenRequest(conv.turns, None, None, image, generate_options(req, defaults))
 
 
 def attach(req: GenRequest, visual: Features | ApiError | None,
@@ -147,8 +153,7 @@ class FeatureEncoder:
         return feats
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.cache.hits, "misses": self.cache.misses,
-                "items": len(self.cache._items)}
+        return {"hits": self.cache.hits, "misses": self.cache.misses, "items": len(self.cache)}
 
 
 class ChatGenerator:
@@ -173,12 +178,15 @@ class ChatGenerator:
         return None
 
     def generate(self, requests: list[GenRequest]) -> list[Generation | ApiError]:
-        """One result per request, in order; a bad request fails alone, not its batch."""
-        results: list[Generation | ApiError | None] = [self.check(r) for r in requests]
+        """One result per request, in order; a bad request fails alone, not its batch.
+
+        No per-request pre-check on this hot path: a prompt that cannot render fails in
+        ``collate``, before any decoding, and only then are the group's requests retried
+        one by one to find it."""
+        results: list[Generation | ApiError | None] = [None] * len(requests)
         groups: dict[GenerateOptions, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            if results[i] is None:
-                groups[r.options].append(i)
+            groups[r.options].append(i)
         for options, idx in groups.items():
             try:
                 out = self.model.generate_full([self._sample(requests[i]) for i in idx],
@@ -191,6 +199,9 @@ class ChatGenerator:
         return results
 
     def _alone(self, req: GenRequest) -> Generation | ApiError:
+        """A prompt that does not render is the client's (400); a failure past that, ours."""
+        if (err := self.check(req)) is not None:
+            return err
         try:
             return self.model.generate_full([self._sample(req)], req.options)[0]
         except Exception as err:  # noqa: BLE001
@@ -289,11 +300,8 @@ class AVPredictor:
         return hit if hit is not None else self.encoder.encode(self.resolver.decode(part), key)
 
     def prepare(self, body: dict) -> GenRequest:
-        req = ChatCompletionRequest.model_validate(body)
-        check_supported(req)
-        conv = to_conversation(req)
-        return attach(request_for(conv, generate_options(req, self.cfg.generation)),
-                      self.features(conv.visual), self.features(conv.audio))
+        conv, req = plan(ChatCompletionRequest.model_validate(body), self.cfg.generation)
+        return attach(req, self.features(conv.visual), self.features(conv.audio))
 
     def chat(self, bodies: list[dict]) -> list[dict]:
         """A batch of chat requests (one generate call per option group)."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = ROOT.parent / "shared" / "media"
 
@@ -22,12 +24,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +56,7 @@ def _wait_until_up(proc: subprocess.Popen, probe, timeout: float, what: str) -> 
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on loopback; sets the AWS_* variables boto3 and pyarrow read."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                              "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -105,7 +101,7 @@ def mlflow_server(tmp_path_factory):
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",

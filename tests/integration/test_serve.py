@@ -19,7 +19,8 @@ import soundfile as sf
 from av_model.configlib import load_config
 from pipelines import serve as serve_job
 from pipelines.serve_config import ServeConfig
-from tests.conftest import ROOT, _free_port
+from pipelines.jobs import free_port
+from tests.conftest import ROOT
 from tests.media_factory import make_broken, make_video
 
 CPU = str(ROOT / "pipelines" / "configs" / "serve" / "cpu.yaml")
@@ -52,7 +53,7 @@ def server(trained_tiny, synth_features, media, ray_local):
     cfg = load_config(ServeConfig, CPU, [
         f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av",
         f"media.allowed_root={synth_features['root']}", "media.max_video_s=20",
-        "media.max_data_bytes=1048576", f"http.port={_free_port()}", "batching.max_batch_size=16",
+        "media.max_data_bytes=1048576", f"http.port={free_port()}", "batching.max_batch_size=16",
         "batching.batch_wait_timeout_s=0.05"])
     url = serve_job.start(cfg)
     yield {"url": url, "cfg": cfg}
