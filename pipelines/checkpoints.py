@@ -40,3 +40,14 @@ def local_checkpoint(uri: str, tracking_uri: str | None = None) -> Iterator[str]
         pafs.copy_files(path, tmp, source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
         yield tmp
+
+
+def check_reference(ref: str, field: str = "checkpoint") -> None:
+    """Pre-flight: a local checkpoint reference is an avray checkpoint directory (s3:// and
+    models:/ are resolved where they are loaded). Raises ConfigError naming ``field``."""
+    from av_model.checkpoint import CONFIG_FILE
+    from av_model.configlib import check
+
+    if not storage.is_s3(ref) and not ref.startswith(("models:/", "runs:/")):
+        check(os.path.isfile(os.path.join(storage.local_path(ref), CONFIG_FILE)), field,
+              f"{ref} is not an avray checkpoint directory (no {CONFIG_FILE})")

@@ -301,14 +301,10 @@ def start(cfg: ServeConfig) -> str:
 def preflight(cfg: ServeConfig) -> None:
     """What can be checked before Ray starts: a local checkpoint is an avray checkpoint and
     the media root exists (s3:// and models:/ are resolved by the replicas)."""
-    from av_model.checkpoint import CONFIG_FILE
     from av_model.configlib import check
-    from pipelines import storage
+    from pipelines.checkpoints import check_reference
 
-    ref = cfg.checkpoint
-    if not storage.is_s3(ref) and not ref.startswith(("models:/", "runs:/")):
-        check(os.path.isfile(os.path.join(storage.local_path(ref), CONFIG_FILE)), "checkpoint",
-              f"{ref} is not an avray checkpoint directory (no {CONFIG_FILE})")
+    check_reference(cfg.checkpoint)
     root = cfg.media.allowed_root
     check(root is None or os.path.isdir(root), "media.allowed_root", f"no directory {root}")
 

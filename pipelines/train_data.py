@@ -23,7 +23,7 @@ COLUMNS = ["clip_id", "split", "video", "audio", "audio_events", "has_video", "h
            "caption", "conversations"]
 
 
-def _tensor(x: Any) -> torch.Tensor | None:
+def tensor_or_none(x: Any) -> torch.Tensor | None:
     """A stored feature array → tensor, None when the stream is absent (zero-length)."""
     if x is None:
         return None
@@ -55,7 +55,7 @@ class Collator:
 
     def samples(self, batch: dict[str, Any]) -> list[Sample]:
         n = len(batch["clip_id"])
-        audio = [_joined(a, e) for a, e in zip(_column(batch, "audio", n),
+        audio = [joined_audio(a, e) for a, e in zip(_column(batch, "audio", n),
                                                 _column(batch, "audio_events", n))]
         rows = [self._sample(v, a, c, cap) for v, a, c, cap in zip(
             _column(batch, "video", n), audio, _column(batch, "conversations", n),
@@ -67,7 +67,7 @@ class Collator:
     def _sample(self, video, audio, conversations,
                 caption) -> tuple[Sample, str | None, bool] | None:
         """(sample, caption when it is the target, clip has audio), None if unsupervised."""
-        v = _tensor(video)
+        v = tensor_or_none(video)
         turns = _turns(conversations) if self.cfg.use_conversations else []
         cap = None
         if not turns and self.cfg.use_captions and caption:
@@ -113,11 +113,11 @@ class Collator:
         return out
 
 
-def _joined(audio: Any, events: Any) -> torch.Tensor | None:
-    a = _tensor(audio)
+def joined_audio(audio: Any, events: Any) -> torch.Tensor | None:
+    a = tensor_or_none(audio)
     if a is None:
         return None
-    e = _tensor(events)
+    e = tensor_or_none(events)
     return join_audio(a, e) if events is not None else a
 
 
@@ -130,6 +130,13 @@ def read_rows(features: str, split: str | None = None) -> list[dict[str, Any]]:
 
     fs, path = storage.filesystem(storage.join(features, shards.FEATURES_DIR))
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    return [r for r in table_rows(table) if split is None or r.get("split") == split]
+
+
+def table_rows(table) -> list[dict[str, Any]]:
+    """A feature-shard arrow table → row dicts (feature columns as numpy arrays)."""
+    from pipelines import shards
+
     names = [c for c in COLUMNS if c in table.column_names]
     tensors = {c: [x for chunk in table.column(c).chunks for x in chunk.to_numpy()]
                for c in names if c in shards.TENSOR_COLUMNS}
@@ -137,8 +144,7 @@ def read_rows(features: str, split: str | None = None) -> list[dict[str, Any]]:
     for i in range(table.num_rows):
         row = {c: table.column(c)[i].as_py() for c in names if c not in tensors}
         row.update({c: np.asarray(v[i]) for c, v in tensors.items()})
-        if split is None or row.get("split") == split:
-            rows.append(row)
+        rows.append(row)
     return rows
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 
 from av_model.configlib import load_config
+from pipelines.eval_config import EvalConfig
 from pipelines.extract_features import ExtractConfig
 from pipelines.serve_config import ServeConfig
 from pipelines.train_config import TrainConfig, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
-JOBS = {"extract": ExtractConfig, "train": TrainConfig, "serve": ServeConfig}
+JOBS = {"extract": ExtractConfig, "train": TrainConfig, "serve": ServeConfig,
+        "evaluate": EvalConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: p.name)
@@ -22,7 +24,7 @@ def test_shipped_yaml_loads(path: Path, tiny_encoders):
         tiny = os.path.join(os.path.dirname(tiny_encoders["llm"]), "model.yaml")
         overrides = [f"model_base={tiny}"] if path.name.startswith("tiny") else []
         cfg = load_train_config(str(path), overrides)
-    elif cls is ServeConfig:
+    elif cls in (ServeConfig, EvalConfig):
         cfg = load_config(cls, path, ["checkpoint=runs/x/model"])  # shipped blank: required
     else:
         cfg = load_config(cls, path)

@@ -275,7 +275,7 @@ def caption(plan: dict[str, Any]) -> str:
     return text
 
 
-def _candidates(plan: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+def candidates(plan: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     """Every well-posed (question, answer) per family; empty lists where a family doesn't apply."""
     shapes, out = plan["shapes"], {f: [] for f in FAMILIES}
     for s in shapes:
@@ -299,7 +299,7 @@ def _candidates(plan: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
 
 def plan_qa(cfg: SynthConfig, rng: np.random.Generator, plan: dict[str, Any]) -> list[dict[str, str]]:
     """Pick the clip's questions: one per applicable family, or qa_per_clip by task_mix weight."""
-    pools = {f: c for f, c in _candidates(plan).items() if c and cfg.task_mix.get(f, 0.0) > 0}
+    pools = {f: c for f, c in candidates(plan).items() if c and cfg.task_mix.get(f, 0.0) > 0}
     picks: list[tuple[str, tuple[str, str]]] = []
     if cfg.qa_per_clip is None:
         picks = [(f, c[int(rng.integers(len(c)))]) for f, c in pools.items()]
