@@ -5,6 +5,8 @@
     avray manifest --corpus webvid --metadata results_2M_val.csv --media-root videos/ \\
                    --out manifest.parquet         corpus metadata → a manifest
     avray extract --config pipelines/configs/extract/tiny.yaml key=value ...
+    avray evaluate --config pipelines/configs/evaluate/aveb.yaml checkpoint=...
+    avray bench-model --workdir runs/bench-model  the synthetic connector benchmark
     avray quickstart --workdir data/quickstart    the end-to-end demo
 """
 
@@ -19,6 +21,8 @@ COMMANDS = {
     "manifest": "pipelines.manifest",
     "extract": "pipelines.extract_features",
     "quickstart": "pipelines.quickstart",
+    "evaluate": "pipelines.evaluate",
+    "bench-model": "pipelines.bench_model",
 }
 
 

@@ -68,6 +68,14 @@ def preflight(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
     return load_tasks(cfg)
 
 
+def prediction_rows(items: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """What the predictor needs of each item (references stay on the driver)."""
+    return [{"task": name, "id": it["id"], "video": it["video"], "audio": it["audio"],
+             "image": it["image"], "text": it["prompt"], "history": json.dumps(it["history"]),
+             "clip_id": str(json.loads(it["meta"]).get("clip_id", it["id"]))}
+            for name, task_items in items.items() for it in task_items]
+
+
 def predict(cfg: EvalConfig, items: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Ray Data: items → EvalPredictor actor pool → prediction rows."""
     import ray
@@ -75,12 +83,8 @@ def predict(cfg: EvalConfig, items: dict[str, list[dict[str, Any]]]) -> list[dic
 
     from pipelines.eval_predict import EvalPredictor
 
-    rows = [{"task": name, "id": it["id"], "video": it["video"], "audio": it["audio"],
-             "image": it["image"], "text": it["prompt"], "history": json.dumps(it["history"]),
-             "clip_id": str(json.loads(it["meta"]).get("clip_id", it["id"]))}
-            for name, task_items in items.items() for it in task_items]
     p = cfg.predictor
-    ds = ray.data.from_items(rows).map_batches(
+    ds = ray.data.from_items(prediction_rows(items)).map_batches(
         EvalPredictor, fn_constructor_args=(cfg,), batch_size=p.batch_size,
         compute=ActorPoolStrategy(size=p.num_actors), num_cpus=p.num_cpus,
         num_gpus=p.num_gpus, batch_format="numpy")

@@ -6,8 +6,9 @@
 What exists today: tiny random-weight models → synthetic audio-visual corpus (real mp4
 files) → Ray Data feature extraction → parquet feature shards → Ray Train + DeepSpeed
 (2 workers, ZeRO-2) with MLflow tracking → Ray Serve deploys the trained checkpoint behind
-the OpenAI-compatible API, which answers a question about a clip from its raw mp4 over HTTP.
-Evaluation joins this script when it lands.
+the OpenAI-compatible API, which answers a question about a clip from its raw mp4 over HTTP
+→ the evaluation job (Ray Data, the same predictor) scores it on every question of the
+held-out clips, per task family, into the same MLflow store.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import time
 
 from av_model.configlib import load_config
 from av_model.tiny import save_tiny_models
-from pipelines import extract_features, jobs, train
+from pipelines import evaluate, extract_features, jobs, train
 from pipelines.corpora import synthetic
 
 log = logging.getLogger("avray.quickstart")
 CONFIG = os.path.join(os.path.dirname(__file__), "configs", "extract", "tiny.yaml")
 TRAIN = os.path.join(os.path.dirname(__file__), "configs", "train", "tiny-instruct.yaml")
 SERVE = os.path.join(os.path.dirname(__file__), "configs", "serve", "cpu.yaml")
+EVAL = os.path.join(os.path.dirname(__file__), "configs", "evaluate", "synthetic.yaml")
 
 
 def _stage(n: int, total: int, text: str) -> None:
@@ -44,16 +46,16 @@ def main(argv: list[str] | None = None) -> dict:
     work = os.path.abspath(args.workdir)
     start = time.perf_counter()
 
-    _stage(1, 5, f"tiny random-weight encoders → {work}/encoders")
+    _stage(1, 6, f"tiny random-weight encoders → {work}/encoders")
     enc = save_tiny_models(os.path.join(work, "encoders"), seed=args.seed)
 
-    _stage(2, 5, f"synthetic corpus: {args.n} clips → {work}/synth")
+    _stage(2, 6, f"synthetic corpus: {args.n} clips → {work}/synth")
     synth_cfg = synthetic.SynthConfig(n=args.n, seed=args.seed, min_duration_s=8.0,
                                       max_duration_s=10.0,
                                       split_fractions={"train": 0.75, "val": 0.25})
     synthetic.generate(synth_cfg, os.path.join(work, "synth"))
 
-    _stage(3, 5, f"feature extraction (Ray Data) → {work}/features")
+    _stage(3, 6, f"feature extraction (Ray Data) → {work}/features")
     cfg = load_config(extract_features.ExtractConfig, CONFIG, [
         f"corpus.path={work}/synth/manifest.jsonl", f"output={work}/features",
         f"encoders.visual.name_or_path={enc['visual']}",
@@ -61,23 +63,33 @@ def main(argv: list[str] | None = None) -> dict:
     with jobs.ray_session(cfg.ray):
         summary = extract_features.run(cfg)
 
-    _stage(4, 5, f"training {args.steps} steps (Ray Train + DeepSpeed ZeRO-2) → {work}/runs")
+    _stage(4, 6, f"training {args.steps} steps (Ray Train + DeepSpeed ZeRO-2) → {work}/runs")
     result = train.main(["--config", TRAIN, f"data.features={work}/features",
                          f"model_base={work}/encoders/model.yaml", f"run.storage_path={work}/runs",
                          f"optim.max_steps={args.steps}", f"run.checkpoint_every={args.steps}",
                          f"run.val_every={args.steps}", "ray.progress_bars=false"])
-    _stage(5, 5, "Ray Serve: the trained model answers about a raw mp4 over HTTP")
+    _stage(5, 6, "Ray Serve: the trained model answers about a raw mp4 over HTTP")
     with result.checkpoint.as_directory() as path:
         qa = _ask(os.path.join(path, "model"), f"{work}/synth")
+        _stage(6, 6, "evaluation (Ray Data + the serving predictor) on the held-out clips")
+        scores = evaluate.main(["--config", EVAL, f"checkpoint={os.path.join(path, 'model')}",
+                                "only=[synth_qa]", f"output={work}/eval",
+                                f"tasks.synth_qa.annotations={work}/synth/manifest.jsonl",
+                                "tasks.synth_qa.split=val", "ray.progress_bars=false",
+                                f"tracking.uri=sqlite:///{work}/runs/mlflow.db"])
+    qa_scores = scores["tasks"]["synth_qa"]
     log.info("done in %.0f s. Produced:\n  media     %s/synth/media (%d mp4 files)\n"
              "  manifest  %s/synth/manifest.jsonl\n  features  %s/features/features (parquet)\n"
              "  errors    %s/features/errors/errors.parquet\n  runs      %s/runs (checkpoints, "
-             "MLflow store mlflow.db)\n  extract   %s\n  train     %s\n  Q: %s\n  A: %s "
-             "(reference: %s; a tiny model after %d steps)",
-             time.perf_counter() - start, work, args.n, work, work, work, work,
+             "MLflow store mlflow.db)\n  eval      %s/eval/results.md\n  extract   %s\n"
+             "  train     %s\n  evaluate  accuracy %.3f on %d questions, by family %s\n"
+             "  Q: %s\n  A: %s (reference: %s; a tiny model after %d steps)",
+             time.perf_counter() - start, work, args.n, work, work, work, work, work,
              json.dumps(summary), json.dumps({k: round(v, 4) for k, v in result.metrics.items()}),
+             qa_scores["scores"]["accuracy"], qa_scores["n"],
+             json.dumps({g: round(s["accuracy"], 3) for g, s in qa_scores["groups"].items()}),
              qa["question"], qa["answer"], qa["reference"], args.steps)
-    return {**summary, "train": result.metrics, "qa": qa}
+    return {**summary, "train": result.metrics, "qa": qa, "evaluate": scores}
 
 
 def _ask(checkpoint: str, synth: str) -> dict:

@@ -30,6 +30,11 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 def resolve_uri(uri: str | None, storage_path: str) -> tuple[str, str | None]:
     """(tracking URI, artifact location for a new experiment or None for the server's)."""
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if chosen and chosen.startswith("sqlite:///"):
+        # A local store: artifacts beside the database, not in the working directory
+        # (MLflow's default for a new experiment, ./mlruns).
+        db = Path(chosen[len("sqlite:///"):]).resolve()
+        return chosen, (db.parent / "mlartifacts").as_uri()
     if chosen:
         return chosen, None
     root = Path(storage_path).resolve()

@@ -67,3 +67,9 @@ def test_quickstart_runs_end_to_end(tmp_path, ray_local):
     saved = json.loads((tmp_path / "qs" / "features" / "summary.json").read_text())
     assert saved["clips_ok"] == 4
     assert len(shards.written_clip_ids(str(tmp_path / "qs" / "features"))) == 4
+    qa = summary["evaluate"]["tasks"]["synth_qa"]
+    assert qa["n"] > 0 and qa["errors"] == 0 and "vision" in qa["groups"]
+    assert (tmp_path / "qs" / "eval" / "results.md").is_file()
+    # Evaluation logged into the quickstart's one MLflow store, artifacts beside it.
+    assert summary["evaluate"]["tracking_uri"] == f"sqlite:///{tmp_path / 'qs' / 'runs' / 'mlflow.db'}"
+    assert not (tmp_path / "mlruns").exists() and not os.path.exists("mlruns")

@@ -86,3 +86,15 @@ def test_join_and_score_count_errors_and_groups():
     assert result.modality == "video" and [s["score"] for s in result.samples[:2]] == [1.0, 0.0]
     assert eval_report.flat_metrics([result]) == {"t.accuracy": 0.5, "t.errors": 2.0,
                                                   "t.vision.accuracy": 0.5, "t.vision.n": 2.0}
+
+
+def test_local_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
+    from pipelines.tracking import resolve_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, artifacts = resolve_uri(f"sqlite:///{tmp_path}/runs/mlflow.db", "ignored")
+    assert artifacts == (tmp_path / "runs" / "mlartifacts").as_uri()
+    assert resolve_uri("http://127.0.0.1:5000", "x") == ("http://127.0.0.1:5000", None)
+    uri, artifacts = resolve_uri(None, str(tmp_path / "store"))
+    assert uri == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    assert artifacts == (tmp_path / "store" / "mlartifacts").as_uri()

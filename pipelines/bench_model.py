@@ -1,0 +1,285 @@
+"""The synthetic audio-visual benchmark: do the connectors do what the papers claim?
+
+    avray bench-model --workdir runs/bench-model [key=value ...]
+    python -m pipelines.bench_model --config cfg.yaml steps=600 results_md=benchmarks/RESULTS.md
+    ray job submit --working-dir . -- python -m pipelines.bench_model --workdir /tmp/bm
+
+One command, five stages:
+  1. the synthetic corpus (``pipelines.corpora.synthetic``): real mp4 clips whose every event
+     is known, with questions per family: vision (colour / shape), audio (tone, beep count),
+     sync (the shape on screen at the first beep), order (which shape came first), and
+     speech (the spoken word; only where espeak-ng is installed);
+  2. feature extraction with the tiny encoders (the Ray Data job);
+  3. training, one run per connector (linear, clip-level Q-Former, causal windowed Q-Former,
+     MRC Q-Former) on both streams, plus modality ablations (video only, audio only) of the
+     causal Q-Former; runs are Ray tasks, ``parallel`` at a time, each the plain training
+     loop (``train_loop.Trainer``) on one CPU thread;
+  4. evaluation of each run on the held-out test clips with the evaluation predictor
+     (``eval_predict.EvalPredictor``, stored features) and scorer (``eval_report``), every
+     well-posed question of every test clip, accuracy per family;
+  5. a table and a plot (PNG) to MLflow, ``<workdir>/results.md`` and, with ``results_md``,
+     a section of ``benchmarks/RESULTS.md``.
+
+Why the families separate the connectors: vision and audio questions can be answered from a
+clip-level summary; sync and order need to know *when* things happened, which a windowed
+causal Q-Former keeps and one clip-level Q-Former pools away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from av_model.configlib import check, from_dict, to_dict
+from pipelines import jobs
+from pipelines.corpora.synthetic import SynthConfig
+from pipelines.bench_report import log_to_mlflow, plot, report, table, write_section
+from pipelines.train_config import TrackingConfig
+
+log = logging.getLogger("avray.bench_model")
+CONNECTORS = ("linear", "qformer", "causal_qformer", "mrc_qformer")
+EXTRACT = os.path.join(os.path.dirname(__file__), "configs", "extract", "tiny.yaml")
+
+
+def _default_synth() -> SynthConfig:
+    return SynthConfig(n=240, seed=0, min_duration_s=6.0, max_duration_s=7.0, min_shapes=2,
+                       max_shapes=2, qa_per_clip=6,
+                       split_fractions={"train": 0.8, "test": 0.2})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a connector and the streams it is trained and tested on."""
+
+    connector: str
+    modalities: tuple[str, ...] = ("video", "audio")
+
+    @property
+    def name(self) -> str:
+        streams = "+".join(self.modalities) if len(self.modalities) == 1 else "both"
+        return f"{self.connector}/{streams}"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides the benchmark; the defaults fit a 2-core CPU machine."""
+
+    workdir: str = "runs/bench-model"
+    synth: SynthConfig = field(default_factory=_default_synth)
+    connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
+    ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too
+    ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
+    steps: int = 300              # optimizer steps per run
+    batch_size: int = 8
+    lr: float = 2e-3
+    llm_mode: str = "full"        # the tiny LLM is small enough to train whole
+    seed: int = 0
+    parallel: int = 2             # training runs at once (one CPU each)
+    eval_batch_size: int = 16
+    max_tokens: int = 8           # answers are a word or two
+    results_md: str | None = None  # e.g. benchmarks/RESULTS.md: replace the section there
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: jobs.RayConfig = field(default_factory=jobs.RayConfig)
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.connectors + [self.ablation_connector] if c not in CONNECTORS]
+        check(not bad, "connectors", f"unknown connectors {bad} (known: {CONNECTORS})")
+        check(set(self.ablations) <= {"video", "audio"}, "ablations",
+              "choose from video, audio")
+        check(self.steps > 0 and self.batch_size > 0, "steps", "steps and batch_size > 0")
+        check(self.llm_mode in ("full", "lora"), "llm_mode", "full or lora")
+        check(self.parallel >= 1, "parallel", "must be >= 1")
+        check(self.synth.split_fractions.get("test", 0) > 0, "synth.split_fractions",
+              "needs a test split")
+
+    def runs(self) -> list[RunSpec]:
+        runs = [RunSpec(c) for c in self.connectors]
+        runs += [RunSpec(self.ablation_connector, (m,)) for m in self.ablations]
+        return runs
+
+
+# ----------------------------------------------------------------------------- stages 1-2
+
+
+def prepare_data(cfg: BenchConfig) -> dict[str, str]:
+    """Tiny encoders, the corpus and its features under ``workdir`` (reused when present)."""
+    from av_model.tiny import save_tiny_models
+    from pipelines import extract_features
+    from pipelines.corpora import synthetic
+    from av_model.configlib import load_config
+
+    work = os.path.abspath(cfg.workdir)
+    enc_dir = os.path.join(work, "encoders")
+    enc = save_tiny_models(enc_dir, seed=cfg.seed)
+    synthetic.generate(cfg.synth, os.path.join(work, "synth"), workers=2)
+    manifest = os.path.join(work, "synth", "manifest.jsonl")
+    ext = load_config(extract_features.ExtractConfig, EXTRACT, [
+        f"corpus.path={manifest}", f"output={work}/features",
+        f"encoders.visual.name_or_path={enc['visual']}",
+        f"encoders.audio.name_or_path={enc['audio']}", "ray.progress_bars=false"])
+    extract_features.run(ext)
+    return {"model_yaml": os.path.join(enc_dir, "model.yaml"), "manifest": manifest,
+            "features": os.path.join(work, "features"), **enc}
+
+
+# ----------------------------------------------------------------------------- stage 3-4
+
+
+def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]):
+    """The TrainConfig of one run: the tiny preset with the run's connector and streams."""
+    from av_model.config import ModelConfig
+    from av_model.configlib import load_config
+    from av_model.tiny import tiny_model_config
+    from pipelines.train_config import TrainConfig
+
+    base = load_config(ModelConfig, paths["model_yaml"])
+    connector = tiny_model_config(paths, spec.connector).connector
+    model = dataclasses.replace(base, connector=connector,
+                                llm=dataclasses.replace(base.llm, mode=cfg.llm_mode))
+    mix = {"joint": 1.0 if len(spec.modalities) == 2 else 0.0,
+           "video_only": 1.0 if spec.modalities == ("video",) else 0.0,
+           "audio_only": 1.0 if spec.modalities == ("audio",) else 0.0}
+    return from_dict(TrainConfig, {
+        "name": spec.name, "stage": "instruct", "model": to_dict(model),
+        "data": {"features": paths["features"], "batch_size": cfg.batch_size, **mix},
+        "optim": {"max_steps": cfg.steps, "lr": cfg.lr, "warmup_steps": 10},
+        "deepspeed": {"enabled": False},
+        "run": {"checkpoint_every": cfg.steps, "val_every": 0, "generate_samples": 0}})
+
+
+def train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str],
+                       out: str) -> dict[str, Any]:
+    """Train one run in this process, then answer and score the test questions."""
+    import numpy as np
+    import torch
+
+    from av_model import checkpoint as av_checkpoint
+    from av_model.model import AVModel
+    from pipelines.train_data import Collator, iterate_rows, read_rows
+    from pipelines.train_loop import LoopState, Trainer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    tcfg = run_config(cfg, spec, paths)
+    rows = [r for r in read_rows(paths["features"], "train") if r["conversations"]]
+    model = AVModel.build(tcfg.model, load_encoders=False)
+    collator = Collator(model, tcfg.data, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    def epochs(epoch: int, skip: int):
+        order = [rows[i] for i in rng.permutation(len(rows))]
+        for i, batch in enumerate(iterate_rows(order, cfg.batch_size)):
+            if i >= skip:
+                yield collator(batch)
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    Trainer(model, tcfg, lambda m, p: losses.append(m["loss"])).fit(
+        epochs, None, LoopState(), lambda s: os.path.join(out, f"step{s}"))
+    train_s = time.perf_counter() - start
+    ckpt = str(av_checkpoint.save(model, os.path.join(out, "model")))
+    shutil.rmtree(os.path.join(out, f"step{cfg.steps}"), ignore_errors=True)
+    del model
+    return {"run": spec.name, "connector": spec.connector, "modalities": list(spec.modalities),
+            "train_s": train_s, "final_loss": float(np.mean(losses[-10:])),
+            "checkpoint": ckpt, **evaluate_run(cfg, spec, ckpt, paths)}
+
+
+def evaluate_run(cfg: BenchConfig, spec: RunSpec, checkpoint: str,
+                 paths: dict[str, str]) -> dict[str, Any]:
+    """The evaluation job's items, predictor and scorer, in-process on stored features."""
+    from pipelines import eval_report
+    from pipelines.eval_config import EvalConfig
+    from pipelines.eval_predict import EvalPredictor
+    from pipelines.evaluate import join, load_tasks, prediction_rows
+
+    task = {"adapter": "synthetic", "annotations": paths["manifest"], "split": "test",
+            "options": {"all_questions": True}, "modalities": list(spec.modalities),
+            "group_by": "family", "max_tokens": cfg.max_tokens, "features": paths["features"]}
+    ecfg = from_dict(EvalConfig, {"checkpoint": checkpoint, "tasks": {"synth": task},
+                                  "predictor": {"device": "cpu"}})
+    items = load_tasks(ecfg)
+    rows = prediction_rows(items)
+    predictor = EvalPredictor(ecfg)
+    start, preds = time.perf_counter(), []
+    for i in range(0, len(rows), cfg.eval_batch_size):
+        chunk = rows[i:i + cfg.eval_batch_size]
+        out = predictor({k: [r[k] for r in chunk] for k in chunk[0]})
+        preds += [dict(zip(out, v)) for v in zip(*out.values())]
+    joined, _ = join(items, preds)
+    result = eval_report.score("synth", ecfg.tasks["synth"], joined["synth"])
+    return {"eval_s": time.perf_counter() - start, "errors": result.errors, "n": result.n,
+            "accuracy": result.scores.get("accuracy", 0.0),
+            "families": {f: g["accuracy"] for f, g in result.groups.items()},
+            "family_n": {f: int(g["n"]) for f, g in result.groups.items()}}
+
+
+def run_all(cfg: BenchConfig, paths: dict[str, str]) -> list[dict[str, Any]]:
+    """Every run as a Ray task (one CPU, ``parallel`` at a time), results in config order."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=0)(train_and_evaluate)
+    specs = cfg.runs()
+    refs = {}
+    pending: list = []
+    for spec in specs:
+        if len(pending) >= cfg.parallel:
+            _, pending = ray.wait(pending, num_returns=1)
+        ref = task.remote(cfg, spec, paths, os.path.join(os.path.abspath(cfg.workdir), "runs",
+                                                         spec.name.replace("/", "_")))
+        refs[spec.name] = ref
+        pending.append(ref)
+    results = []
+    for spec in specs:
+        try:
+            results.append(ray.get(refs[spec.name]))
+        except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
+            log.error("run %s failed: %s", spec.name, err)
+            results.append({"run": spec.name, "error": f"{type(err).__name__}: {err}"})
+            continue
+        log.info("%s: %s", spec.name, json.dumps(results[-1]["families"]))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="avray bench-model", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML with BenchConfig fields")
+    parser.add_argument("--workdir", help="where everything goes (overrides the config)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. steps=600 synth.n=400")
+    args = parser.parse_args(argv)
+    extra = [f"workdir={args.workdir}"] if args.workdir else []
+    cfg = jobs.parse_job_config(BenchConfig, (["--config", args.config] if args.config else [])
+                                + extra + list(args.overrides), __doc__)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with jobs.ray_session(cfg.ray):
+        paths = prepare_data(cfg)
+        timings["corpus + features"] = time.perf_counter() - start
+        results = run_all(cfg, paths)
+    timings["training + evaluation"] = time.perf_counter() - start - timings["corpus + features"]
+    timings["total"] = time.perf_counter() - start
+    work = os.path.abspath(cfg.workdir)
+    png = plot(results, os.path.join(work, "bench_model.png"))
+    md = report(cfg, results, timings)
+    with open(os.path.join(work, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump({"results": results, "timings": timings}, f, indent=2)
+    if cfg.results_md:
+        write_section(cfg.results_md, md)
+    run_id = log_to_mlflow(cfg, results, md, png)
+    log.info("benchmark done in %.0f s (MLflow run %s)\n%s", timings["total"], run_id,
+             table(results))
+    return {"results": results, "timings": timings, "run_id": run_id, "plot": png}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Stage 5 of ``avray bench-model``: the table, the plot, the Markdown section, MLflow.
+
+Kept apart from the runner so the benchmark's orchestration and its presentation stay
+one screen each.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from av_model.configlib import to_dict
+
+FAMILIES = ("vision", "audio", "sync", "order", "speech")
+SECTION_BEGIN, SECTION_END = "<!-- bench-model:begin -->", "<!-- bench-model:end -->"
+
+
+def families_present(results: list[dict[str, Any]]) -> list[str]:
+    seen = {f for r in results for f in r.get("families", {})}
+    return [f for f in FAMILIES if f in seen]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Accuracy (%) per run and family, with the item counts of the first run."""
+    fams = families_present(results)
+    lines = ["| run | " + " | ".join(fams) + " | all | train s | final loss |",
+             "|---|" + "---|" * (len(fams) + 3)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['run']} | failed: {r['error'][:80]} |")
+            continue
+        cells = [f"{100 * r['families'][f]:.1f}" if f in r["families"] else "–" for f in fams]
+        lines.append(f"| {r['run']} | " + " | ".join(cells) +
+                     f" | {100 * r['accuracy']:.1f} | {r['train_s']:.0f} | "
+                     f"{r['final_loss']:.3f} |")
+    done = [r for r in results if "error" not in r]
+    counts = done[0]["family_n"] if done else {}
+    lines.append("| questions | " + " | ".join(str(counts.get(f, "–")) for f in fams) +
+                 f" | {done[0]['n'] if done else 0} | | |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: str) -> str:
+    """Grouped bars: accuracy per family, one bar per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fams = families_present(results)
+    results = [r for r in results if "error" not in r]
+    x = np.arange(len(fams))
+    width = 0.8 / max(len(results), 1)
+    fig, ax = plt.subplots(figsize=(1.6 * len(fams) + 3, 4))
+    for i, r in enumerate(results):
+        ax.bar(x + i * width - 0.4 + width / 2,
+               [100 * r["families"].get(f, np.nan) for f in fams], width, label=r["run"])
+    ax.set_xticks(x, fams)
+    ax.set_ylabel("accuracy on held-out clips (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("synthetic audio-visual benchmark: accuracy per task family")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(cfg, results: list[dict[str, Any]], timings: dict[str, float]) -> str:
+    """The Markdown section: setup, the table, the timings."""
+    s = cfg.synth
+    return "\n".join([
+        "```bash", "avray bench-model --workdir " + cfg.workdir, "```", "",
+        f"- corpus: {s.n} synthetic clips of {s.min_duration_s:g}–{s.max_duration_s:g} s, "
+        f"{s.min_shapes}–{s.max_shapes} shapes, split {s.split_fractions}; every well-posed "
+        "question of each test clip is asked",
+        f"- training: tiny encoders' stored features, tiny {cfg.llm_mode} LLM, {cfg.steps} "
+        f"steps × {cfg.batch_size} clips (all of a clip's questions as one conversation), "
+        f"lr {cfg.lr:g}, one CPU thread per run, {cfg.parallel} runs at a time",
+        "- evaluation: greedy answers (≤ %d tokens), accuracy after answer normalisation"
+        % cfg.max_tokens, "",
+        table(results), "",
+        "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), ""])
+
+
+def write_section(path: str, body: str) -> None:
+    """Replace (or append) the bench-model section of a Markdown file."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    section = f"{SECTION_BEGIN}\n{body}\n{SECTION_END}"
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        text = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Synthetic audio-visual benchmark (`avray " \
+               "bench-model`)\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def log_to_mlflow(cfg, results: list[dict[str, Any]], md: str,
+                  png: str) -> str:
+    from pipelines.tracking import Tracker
+
+    tracker = Tracker(cfg.tracking.uri, cfg.workdir, cfg.tracking.experiment or
+                      "avray-bench-model", run_name="bench-model")
+    tracker.log_params(to_dict(cfg))
+    metrics = {}
+    for r in (r for r in results if "error" not in r):
+        key = r["run"].replace("/", ".")
+        metrics[f"{key}.all"] = r["accuracy"]
+        metrics.update({f"{key}.{f}": v for f, v in r["families"].items()})
+    tracker.log_metrics(metrics, step=0)
+    tracker.client.log_text(tracker.run_id, md, "results.md")
+    tracker.client.log_dict(tracker.run_id, {"results": results}, "results.json")
+    tracker.client.log_artifact(tracker.run_id, png)
+    tracker.client.set_terminated(tracker.run_id)
+    return tracker.run_id
+
+
