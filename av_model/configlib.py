@@ -91,8 +91,21 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def from_dict(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming the field."""
+    """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming the field.
+
+    A nested section given in part keeps the rest of the field's *own* default: with
+    ``synth: SynthConfig = field(default_factory=lambda: SynthConfig(n=240))``, the YAML
+    ``synth: {seed: 3}`` means n=240 and seed=3, not SynthConfig's class defaults.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
@@ -101,6 +114,9 @@ def from_dict(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(path, f"unknown key (known: {known})")
+        default = _default_of(fields[key]) if isinstance(value, dict) else None
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            value = _merge_section(to_dict(default), value, fields_of=type(default))
         kwargs[key] = _coerce(value, hints[key], path)
     for name, f in fields.items():
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -112,6 +128,21 @@ def from_dict(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
         if _prefix and not err.field.startswith(_prefix):
             raise ConfigError(f"{_prefix}.{err.field}", str(err).split(": ", 1)[1]) from None
         raise
+
+
+def _merge_section(base: dict[str, Any], given: dict[str, Any], fields_of: type) -> dict[str, Any]:
+    """``given`` over ``base`` for a dataclass section; nested dataclass sections merge the
+    same way, any other value (lists, plain dicts) is replaced whole."""
+    out = dict(base)
+    kinds = {f.name: _default_of(f) for f in dataclasses.fields(fields_of)}
+    for key, value in given.items():
+        inner = kinds.get(key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and \
+                dataclasses.is_dataclass(inner) and not isinstance(inner, type):
+            out[key] = _merge_section(out[key], value, type(inner))
+        else:
+            out[key] = value
+    return out
 
 
 def to_dict(cfg: Any) -> Any:

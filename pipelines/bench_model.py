@@ -28,6 +28,7 @@ causal Q-Former keeps and one clip-level Q-Former pools away.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -108,7 +109,7 @@ class BenchConfig:
 
 
 def prepare_data(cfg: BenchConfig) -> dict[str, str]:
-    """Tiny encoders, the corpus and its features under ``workdir`` (reused when present)."""
+    """Tiny encoders, the corpus and its features under ``workdir`` (reused when current)."""
     from av_model.tiny import save_tiny_models
     from pipelines import extract_features
     from pipelines.corpora import synthetic
@@ -117,15 +118,19 @@ def prepare_data(cfg: BenchConfig) -> dict[str, str]:
     work = os.path.abspath(cfg.workdir)
     enc_dir = os.path.join(work, "encoders")
     enc = save_tiny_models(enc_dir, seed=cfg.seed)
-    synthetic.generate(cfg.synth, os.path.join(work, "synth"), workers=2)
-    manifest = os.path.join(work, "synth", "manifest.jsonl")
+    # Corpus and features live under a hash of what decides them: a rerun with the same
+    # settings reuses them, a changed corpus never meets stale features of its clip ids.
+    key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed], sort_keys=True).encode())
+    data = os.path.join(work, f"data-{key.hexdigest()[:10]}")
+    synthetic.generate(cfg.synth, os.path.join(data, "synth"), workers=2)
+    manifest = os.path.join(data, "synth", "manifest.jsonl")
     ext = load_config(extract_features.ExtractConfig, EXTRACT, [
-        f"corpus.path={manifest}", f"output={work}/features",
+        f"corpus.path={manifest}", f"output={data}/features",
         f"encoders.visual.name_or_path={enc['visual']}",
         f"encoders.audio.name_or_path={enc['audio']}", "ray.progress_bars=false"])
     extract_features.run(ext)
     return {"model_yaml": os.path.join(enc_dir, "model.yaml"), "manifest": manifest,
-            "features": os.path.join(work, "features"), **enc}
+            "features": os.path.join(data, "features"), **enc}
 
 
 # ----------------------------------------------------------------------------- stage 3-4

@@ -66,3 +66,25 @@ def test_yaml_round_trip():
     import yaml
 
     assert from_dict(EncodersConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@dataclass(frozen=True)
+class Tuned:
+    inner: Inner = field(default_factory=lambda: Inner(size=9, names=["x", "y"]))
+    table: dict[str, float] = field(default_factory=lambda: {"a": 1.0, "b": 2.0})
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    tuned: Tuned = field(default_factory=lambda: Tuned(table={"c": 3.0}))
+
+
+def test_a_partial_section_keeps_the_fields_own_default():
+    # Not Inner's class defaults: the field's default instance (size 9) is the base.
+    assert from_dict(Tuned, {"inner": {"rate": 2.0}}).inner == Inner(9, 2.0, ["x", "y"])
+    # Lists and plain mappings are values: given ones replace the default whole.
+    cfg = from_dict(Tuned, {"inner": {"names": ["z"]}, "table": {"b": 5.0}})
+    assert cfg.inner.names == ["z"] and cfg.table == {"b": 5.0}
+    # Two levels deep, through the outer field's default.
+    assert from_dict(Wrapper, {"tuned": {"inner": {"rate": 1.0}}}).tuned == Tuned(
+        Inner(9, 1.0, ["x", "y"]), {"c": 3.0})
