@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ EXTRACT = os.path.join(os.path.dirname(__file__), "configs", "extract", "tiny.ya
 
 
 def _default_synth() -> SynthConfig:
-    return SynthConfig(n=240, seed=0, min_duration_s=6.0, max_duration_s=7.0, min_shapes=2,
+    return SynthConfig(n=1000, seed=0, min_duration_s=6.0, max_duration_s=7.0, min_shapes=2,
                        max_shapes=2, qa_per_clip=6,
                        split_fractions={"train": 0.8, "test": 0.2})
 
@@ -76,7 +77,7 @@ class BenchConfig:
     connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
     ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too
     ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
-    steps: int = 300              # optimizer steps per run
+    steps: int = 1500             # optimizer steps per run
     batch_size: int = 8
     lr: float = 2e-3
     llm_mode: str = "full"        # the tiny LLM is small enough to train whole
@@ -96,8 +97,9 @@ class BenchConfig:
         check(self.steps > 0 and self.batch_size > 0, "steps", "steps and batch_size > 0")
         check(self.llm_mode in ("full", "lora"), "llm_mode", "full or lora")
         check(self.parallel >= 1, "parallel", "must be >= 1")
-        check(self.synth.split_fractions.get("test", 0) > 0, "synth.split_fractions",
-              "needs a test split")
+        check(self.synth.split_fractions.get("test", 0) > 0 and
+              self.synth.split_fractions.get("train", 0) > 0, "synth.split_fractions",
+              "needs a train and a test split")
 
     def runs(self) -> list[RunSpec]:
         runs = [RunSpec(c) for c in self.connectors]
@@ -229,7 +231,13 @@ def run_all(cfg: BenchConfig, paths: dict[str, str]) -> list[dict[str, Any]]:
     """Every run as a Ray task (one CPU, ``parallel`` at a time), results in config order."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=0)(train_and_evaluate)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The corpus and features are on this node's disk: the runs stay here (one node's
+    # CPUs; a shared filesystem would let them spread).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=1, max_retries=0,
+                      scheduling_strategy=here)(train_and_evaluate)
     specs = cfg.runs()
     refs = {}
     pending: list = []
@@ -273,13 +281,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - start
     work = os.path.abspath(cfg.workdir)
     png = plot(results, os.path.join(work, "bench_model.png"))
-    md = report(cfg, results, timings)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    md = report(cfg, results, timings, f"avray bench-model {argv_text}".strip())
     with open(os.path.join(work, "results.md"), "w") as f:
         f.write(md)
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump({"results": results, "timings": timings}, f, indent=2)
     if cfg.results_md:
-        write_section(cfg.results_md, md)
+        beside = os.path.join(os.path.dirname(os.path.abspath(cfg.results_md)),
+                              "bench_model.png")
+        if os.path.abspath(png) != beside:
+            shutil.copy(png, beside)
+        write_section(cfg.results_md, md + "\n![accuracy per family](bench_model.png)\n")
     run_id = log_to_mlflow(cfg, results, md, png)
     log.info("benchmark done in %.0f s (MLflow run %s)\n%s", timings["total"], run_id,
              table(results))

@@ -66,11 +66,12 @@ def plot(results: list[dict[str, Any]], path: str) -> str:
     return path
 
 
-def report(cfg, results: list[dict[str, Any]], timings: dict[str, float]) -> str:
-    """The Markdown section: setup, the table, the timings."""
+def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
+           command: str) -> str:
+    """The Markdown section: the command, setup, the table, the timings."""
     s = cfg.synth
     return "\n".join([
-        "```bash", "avray bench-model --workdir " + cfg.workdir, "```", "",
+        "```bash", command, "```", "",
         f"- corpus: {s.n} synthetic clips of {s.min_duration_s:g}–{s.max_duration_s:g} s, "
         f"{s.min_shapes}–{s.max_shapes} shapes, split {s.split_fractions}; every well-posed "
         "question of each test clip is asked",

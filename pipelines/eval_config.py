@@ -7,17 +7,19 @@ Every field is checked when the config loads, before Ray or a model starts.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from av_model.configlib import check
+from av_model.configlib import ConfigError, check
 from pipelines.eval_metrics import METRICS, NORMALISERS
 from pipelines.jobs import RayConfig
 from pipelines.train_config import TrackingConfig
 
 MODALITIES = ("video", "audio", "image")
 PROMPT_FIELDS = {"question", "choices", "letters"}
+_NAME = re.compile(r"[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,10 @@ class TaskConfig:
         bad = [m for m in self.modalities if m not in MODALITIES]
         check(not bad and bool(self.modalities), "modalities",
               f"choose from {MODALITIES}, got {self.modalities}")
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f}
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f is not None}
+        except ValueError as err:   # a stray "{" or "}"
+            raise ConfigError("prompt", f"{err} (write {{{{ and }}}} for literal braces)") from None
         check(fields <= PROMPT_FIELDS, "prompt",
               f"unknown placeholders {sorted(fields - PROMPT_FIELDS)}; use {sorted(PROMPT_FIELDS)}")
         check(self.limit is None or self.limit > 0, "limit", "must be null or > 0")
@@ -77,7 +82,8 @@ class PredictorConfig:
     def __post_init__(self) -> None:
         check(self.num_actors >= 1, "num_actors", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus", "must be >= 0")
+        check(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
         check(self.torch_threads >= 1, "torch_threads", "must be >= 1")
 
 
@@ -99,8 +105,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check(bool(self.checkpoint), "checkpoint", "is required (a directory, s3:// or models:/)")
         check(bool(self.tasks), "tasks", "name at least one task")
+        bad = [n for n in self.tasks if not _NAME.fullmatch(n)]
+        check(not bad, "tasks", f"task names {bad} may use only letters, digits, _ - . "
+                                "(they name MLflow metrics)")
         unknown = sorted(set(self.only or []) - set(self.tasks))
         check(not unknown, "only", f"unknown tasks {unknown} (known: {sorted(self.tasks)})")
+        check(self.only is None or bool(self.only), "only", "null (all tasks) or a task list")
 
     def selected(self) -> dict[str, TaskConfig]:
         """The tasks this run evaluates, in config order."""

@@ -10,7 +10,8 @@
               ``match="contains"``, holds one as a whole-word phrase)
     choice_accuracy   multiple choice: the answer is mapped to one option (by letter, index,
               the option text, or the one option it mentions) and compared with the reference
-    vqa_accuracy      VQA's consensus score min(#annotators who gave it / 3, 1)
+    vqa_accuracy      VQA's consensus score, min(#other annotators who gave it / 3, 1)
+                      averaged over leave-one-annotator-out subsets
 
 Every metric returns ``(aggregate dict, per-sample scores)`` so the harness can log one table
 and per-sample predictions alike.
@@ -34,6 +35,8 @@ METRICS = ("wer", "caption", "accuracy", "choice_accuracy", "vqa_accuracy")
 NORMALISERS = ("whisper_en", "whisper_basic", "answer", "none")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _LETTER = re.compile(r"^\(?([A-Za-z])(?:[).:]|\s*$)")  # "B", "(b)", "B.", "B) text"
+_STATED = re.compile(r"\b(?:answer|option|choice)(?:\s+is)?\s*:?\s*\(?([A-Za-z])\b\)?",
+                     re.IGNORECASE)                  # "The answer is B", "Answer: (b)"
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,22 +165,30 @@ def accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]],
 
 
 def pick_choice(answer: str, choices: Sequence[str], normalise: str = "answer") -> int | None:
-    """Which option an answer names: a letter ("B", "(b)", "B."), an index digit, the
-    option's text, or the only option whose text it contains. None when it names none or
-    several."""
+    """Which option an answer names, or None when it names none or several:
+      1. the option's text itself;
+      2. a leading letter ("B", "(b)", "B. blue") or a stated one ("The answer is B",
+         "Answer: (b)", "option B");
+      3. a 1-based option number ("2"), when no option is itself a number;
+      4. the one option whose text the answer holds as a phrase; an option held only
+         inside another held option ("red" in "red circle") does not count.
+    """
     norm = normaliser(normalise)
     options = [norm(c) for c in choices]
     text = norm(answer)
     if text in options:
         return options.index(text)
-    letter = _LETTER.match(answer.strip())
+    letter = _LETTER.match(answer.strip()) or _STATED.search(answer)
     if letter:
         idx = ord(letter.group(1).upper()) - ord("A")
         if 0 <= idx < len(choices):
             return idx
-    if text.isdigit() and int(text) < len(choices) and text not in options:
-        return int(text)
+    if text.isdigit() and not any(o.isdigit() for o in options) and \
+            1 <= int(text) <= len(choices):
+        return int(text) - 1
     named = [i for i, o in enumerate(options) if _holds(text, o)]
+    named = [i for i in named if not any(j != i and _holds(options[j], options[i])
+                                         and options[j] != options[i] for j in named)]
     return named[0] if len(named) == 1 else None
 
 
@@ -198,13 +209,16 @@ def choice_accuracy(predictions: Sequence[str], references: Sequence[Sequence[st
 
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]],
                  normalise: str = "answer") -> tuple[dict[str, float], list[float]]:
-    """VQA consensus: min(count of annotators giving the answer / 3, 1) over all answers
-    (duplicates included, as the annotators gave them)."""
+    """VQA's consensus accuracy as the official evaluation computes it: for each annotator,
+    min(#other annotators who gave the answer / 3, 1), averaged over the annotators (an
+    answer 3 of 10 gave scores 0.9, one of 10 gave 0.3). Answers are compared after
+    ``normalise`` (the official script's own number and contraction rules are not applied)."""
     norm = normaliser(normalise)
     per = []
     for p, refs in zip(predictions, answers):
-        a = norm(p)
-        per.append(min(sum(norm(r) == a for r in refs) / 3.0, 1.0))
+        a, given = norm(p), [norm(r) for r in refs]
+        hits = sum(g == a for g in given)
+        per.append(_mean([min((hits - (g == a)) / 3.0, 1.0) for g in given]))
     return {"vqa_accuracy": _mean(per)}, per
 
 

@@ -55,8 +55,7 @@ def chat_body(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     for kind in ("video", "image", "audio"):
         uri = row.get(kind)
         if uri:
-            url = uri if storage.is_s3(uri) or uri.startswith("file://") else f"file://{uri}"
-            parts.append({"type": _PART[kind], _PART[kind]: {"url": url}})
+            parts.append({"type": _PART[kind], _PART[kind]: {"url": storage.as_url(uri)}})
     history = json.loads(row.get("history") or "[]")
     messages = [dict(t) for t in history]
     if messages and parts:   # media belong to the dialogue's first user turn
@@ -111,13 +110,21 @@ class EvalPredictor:
             results[i] = out.message if isinstance(out, ApiError) else out
         return _columns(rows, results)
 
-    def _stored_features(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple]:
+    def _stored_features(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+        """(task, clip_id) → features, or the read error (it fails those items, not the run)."""
         wanted: dict[str, list[str]] = {}
         for r in rows:
             if r["task"] in self.stores:
                 wanted.setdefault(r["task"], []).append(r["clip_id"])
-        return {(task, cid): feats for task, ids in wanted.items()
-                for cid, feats in self.stores[task].get(ids).items()}
+        out: dict[tuple[str, str], Any] = {}
+        for task, ids in wanted.items():
+            try:
+                found = self.stores[task].get(ids)
+            except Exception as err:  # noqa: BLE001 - an unreadable shard
+                log.warning("reading stored features for %s failed: %s", task, err)
+                found = {cid: f"cannot read stored features: {err}" for cid in ids}
+            out.update({(task, cid): feats for cid, feats in found.items()})
+        return out
 
     def _prepare(self, row: dict[str, Any], stored: dict) -> GenRequest | str:
         """The generation request, or the reason there is none (recorded as the error)."""
@@ -131,6 +138,8 @@ class EvalPredictor:
                 feats = stored.get((row["task"], row["clip_id"]))
                 if feats is None:
                     return f"clip {row['clip_id']!r} is not in the features at {task.features}"
+                if isinstance(feats, str):
+                    return feats
                 req = dataclasses.replace(req, video=feats[0], audio=feats[1])
             return _restrict(req, task.modalities)
         except ApiError as err:
@@ -152,7 +161,7 @@ def _restrict(req: GenRequest, modalities: list[str]) -> GenRequest | str:
     audio = req.audio if "audio" in modalities else None
     if video is None and audio is None:
         return f"the item has none of the task's modalities {modalities}"
-    return dataclasses.replace(req, video=video, audio=audio)
+    return dataclasses.replace(req, video=video, audio=audio, image=video is not None and req.image)
 
 
 def _columns(rows: list[dict[str, Any]], results: list[Any]) -> dict[str, list]:

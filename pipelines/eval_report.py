@@ -9,6 +9,7 @@ image, video, audio+video), as the AVEB tables do.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from pipelines import eval_metrics as metrics
 from pipelines import storage
 from pipelines.eval_config import TaskConfig
 
+SAMPLE_KEYS = ("id", "prompt", "prediction", "references", "choices", "score", "error",
+               "finish_reason")
 PRIMARY = {"wer": "wer", "caption": "cider", "accuracy": "accuracy",
            "choice_accuracy": "accuracy", "vqa_accuracy": "vqa_accuracy"}
 
@@ -87,8 +90,7 @@ def score(name: str, task: TaskConfig, items: list[dict[str, Any]]) -> TaskResul
             subset = [it for it, k in zip(answered, keys) if k == key]
             g_agg, _ = compute(task, subset)
             groups[key] = {**g_agg, "n": float(len(subset))}
-    samples = [{k: it.get(k) for k in ("id", "prompt", "prediction", "references", "choices",
-                                       "score", "error", "finish_reason")} for it in items]
+    samples = [{k: it.get(k) for k in SAMPLE_KEYS} for it in items]
     return TaskResult(name, task.metric, modality(task, items), len(answered),
                       len(items) - len(answered), agg, groups, samples)
 
@@ -131,8 +133,14 @@ def flat_metrics(results: list[TaskResult]) -> dict[str, float]:
         out.update({f"{r.name}.{k}": v for k, v in r.scores.items()})
         out[f"{r.name}.errors"] = float(r.errors)
         for g, scores in r.groups.items():
-            out.update({f"{r.name}.{g}.{k}": v for k, v in scores.items()})
+            out.update({f"{r.name}.{metric_name(g)}.{k}": v for k, v in scores.items()})
     return out
+
+
+def metric_name(text: str) -> str:
+    """A group value as an MLflow metric name part ("['Audio-Visual', 'Counting']" →
+    "Audio-Visual_Counting"): MLflow accepts letters, digits, _ - . space : /."""
+    return re.sub(r"[_ ]*_[_ ]*", "_", re.sub(r"[^\w.\- :/]", "_", text)).strip("_ ") or "_"
 
 
 def write(output: str, results: list[TaskResult], errors: list[dict[str, Any]],
@@ -151,6 +159,16 @@ def write(output: str, results: list[TaskResult], errors: list[dict[str, Any]],
         storage.write_bytes_atomic(storage.join(output, "predictions", f"{r.name}.jsonl"),
                                    _jsonl(r.samples))
     return paths
+
+
+def write_unscored(output: str, joined: dict[str, list[dict[str, Any]]],
+                   errors: list[dict[str, Any]]) -> None:
+    """Predictions and errors as soon as they exist (``write`` replaces them, scored)."""
+    storage.makedirs(storage.join(output, "predictions"))
+    storage.write_bytes_atomic(storage.join(output, "errors.jsonl"), _jsonl(errors))
+    for name, rows in joined.items():
+        storage.write_bytes_atomic(storage.join(output, "predictions", f"{name}.jsonl"),
+                                   _jsonl([{k: r.get(k) for k in SAMPLE_KEYS} for r in rows]))
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:

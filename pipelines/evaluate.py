@@ -4,7 +4,7 @@ predictor, metrics per task, tables to MLflow and to files.
     python -m pipelines.evaluate --config pipelines/configs/evaluate/synthetic.yaml \\
         checkpoint=runs/tiny/checkpoint tasks.synth_qa.annotations=data/synth/manifest.jsonl
     python -m pipelines.evaluate --config pipelines/configs/evaluate/aveb.yaml \\
-        checkpoint=models:/avray-favor/3 only=[asr,audiocaps] predictor.num_gpus=1
+        checkpoint=models:/avray-favor/3 only=[librispeech,audiocaps] predictor.num_gpus=1
     ray job submit --working-dir . -- python -m pipelines.evaluate \\
         --config pipelines/configs/evaluate/aveb.yaml checkpoint=s3://bucket/ckpt
 
@@ -64,14 +64,26 @@ def load_tasks(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
 
 
 def preflight(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
+    """Checkpoint, stored features and every task's annotations, before Ray starts."""
+    from pipelines import shards
+
     check_reference(cfg.checkpoint)
+    for name, task in cfg.selected().items():
+        if task.features and not storage.exists(storage.join(task.features,
+                                                             shards.FEATURES_DIR)):
+            raise ConfigError(f"tasks.{name}.features",
+                              f"no feature shards under {task.features}")
     return load_tasks(cfg)
 
 
 def prediction_rows(items: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """What the predictor needs of each item (references stay on the driver)."""
-    return [{"task": name, "id": it["id"], "video": it["video"], "audio": it["audio"],
-             "image": it["image"], "text": it["prompt"], "history": json.dumps(it["history"]),
+    def url(uri: str | None) -> str | None:   # relative paths are the driver's, not an actor's
+        return storage.as_url(uri) if uri else None
+
+    return [{"task": name, "id": it["id"], "video": url(it["video"]), "audio": url(it["audio"]),
+             "image": url(it["image"]), "text": it["prompt"],
+             "history": json.dumps(it["history"]),
              "clip_id": str(json.loads(it["meta"]).get("clip_id", it["id"]))}
             for name, task_items in items.items() for it in task_items]
 
@@ -116,15 +128,20 @@ def evaluate(cfg: EvalConfig, items: dict[str, list[dict[str, Any]]]) -> dict[st
     from pipelines.tracking import Tracker
 
     joined, errors = join(items, predict(cfg, items))
+    eval_report.write_unscored(cfg.output, joined, errors)   # a metric failure loses nothing
     tasks = cfg.selected()
     results = [eval_report.score(name, tasks[name], rows) for name, rows in joined.items()]
     paths = eval_report.write(cfg.output, results, errors, cfg.checkpoint)
     local_root = "runs" if storage.is_s3(cfg.output) else cfg.output
     tracker = Tracker(cfg.tracking.uri, local_root, cfg.tracking.experiment or cfg.name,
                       run_name=cfg.name)
-    tracker.log_params(to_dict(cfg))
-    tracker.client.set_tag(tracker.run_id, "avray.checkpoint", cfg.checkpoint)
-    eval_report.log_mlflow(tracker, results, errors, cfg.checkpoint, cfg.log_predictions)
+    try:
+        tracker.log_params(to_dict(cfg))
+        tracker.client.set_tag(tracker.run_id, "avray.checkpoint", cfg.checkpoint)
+        eval_report.log_mlflow(tracker, results, errors, cfg.checkpoint, cfg.log_predictions)
+    except Exception:
+        tracker.client.set_terminated(tracker.run_id, status="FAILED")
+        raise
     tracker.client.set_terminated(tracker.run_id)
     for r in results:
         key, value = r.primary

@@ -31,6 +31,15 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def as_url(uri: str) -> str:
+    """A location as a URL: s3:// and file:// as given, a path made absolute and
+    percent-encoded (so ``#``, ``?``, ``%`` and spaces survive URL parsing)."""
+    uri = str(uri)
+    if is_s3(uri) or uri.startswith("file://"):
+        return uri
+    return Path(os.path.abspath(uri)).as_uri()
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return (pyarrow filesystem, path inside it) for any supported URI."""
     uri = str(uri)

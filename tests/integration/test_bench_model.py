@@ -29,7 +29,8 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     assert open(out["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     text = results_md.read_text()
     assert "kept" in text and text.count(bench_report.SECTION_BEGIN) == 1
-    assert "| causal_qformer/audio |" in text
+    assert "| causal_qformer/audio |" in text and "](bench_model.png)" in text
+    assert (tmp_path / "bench_model.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "bm" / "results.json").read_text())
     assert [r["run"] for r in saved["results"]] == runs
 

@@ -146,7 +146,10 @@ def test_bad_config_fails_before_ray_naming_the_field(tmp_path, trained_tiny, ca
         "asr": {"adapter": "librispeech", "annotations": str(tmp_path / "nowhere"),
                 "metric": "wer"}}}
     unknown = {**missing, "tasks": {"asr": {"adapter": "nope", "annotations": "x"}}}
-    for config, field in ((missing, "tasks.asr"), (unknown, "tasks.asr.adapter")):
+    no_features = {**missing, "tasks": {"asr": {"annotations": "x",
+                                                "features": str(tmp_path / "none")}}}
+    for config, field in ((missing, "tasks.asr"), (unknown, "tasks.asr.adapter"),
+                          (no_features, "tasks.asr.features")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(config))
         with pytest.raises(SystemExit) as exc:

@@ -65,10 +65,18 @@ def test_accuracy_exact_and_contains():
 
 
 @pytest.mark.parametrize("answer,expected", [
-    ("B", 1), ("(b)", 1), ("B. blue", 1), ("blue", 1), ("The blue one.", 1), ("2", 2),
-    ("a red thing", 0), ("red or blue", None), ("no idea", None), ("D", None)])
+    ("B", 1), ("(b)", 1), ("B. blue", 1), ("blue", 1), ("The blue one.", 1), ("3", 2),
+    ("The answer is C", 2), ("Answer: (a)", 0), ("a red thing", 0), ("red or blue", None),
+    ("no idea", None), ("D", None), ("0", None)])
 def test_pick_choice(answer, expected):
     assert m.pick_choice(answer, ["red", "blue", "green"]) == expected
+
+
+def test_pick_choice_numbers_and_nested_options():
+    assert m.pick_choice("1", ["2", "3", "4"]) is None       # options are numbers: no index
+    assert m.pick_choice("3", ["2", "3", "4"]) == 1
+    assert m.pick_choice("it is a red circle", ["red", "red circle"]) == 1
+    assert m.pick_choice("A red circle", ["red circle", "blue square"]) == 0
 
 
 def test_choice_accuracy_counts_unmatched_answers():
@@ -78,11 +86,13 @@ def test_choice_accuracy_counts_unmatched_answers():
     assert agg == {"accuracy": 0.25, "unmatched": 0.25}
 
 
-def test_vqa_accuracy_consensus():
+def test_vqa_accuracy_consensus_leave_one_out():
+    # Official VQA: 2 of 10 agree -> (8 * 2/3 + 2 * 1/3) / 10 = 0.6; 3 of 10 -> 0.9.
     answers = [["yes"] * 2 + ["no"] * 8, ["two"] * 3 + ["2"] * 7, ["cat"] * 10]
     agg, per = m.vqa_accuracy(["Yes", "two", "dog"], answers)
-    assert per == pytest.approx([2 / 3, 1.0, 0.0])
-    assert agg["vqa_accuracy"] == pytest.approx(5 / 9)
+    assert per == pytest.approx([0.6, 0.9, 0.0])
+    assert agg["vqa_accuracy"] == pytest.approx(0.5)
+    assert m.vqa_accuracy(["x"], [["x"] * 10])[1] == [1.0]
 
 
 def test_normalisers():

@@ -25,6 +25,11 @@ BASE = {"checkpoint": "ckpt", "tasks": {"t": {"annotations": "a.jsonl"}}}
     ({"only": ["missing"]}, "only"),
     ({"tasks": {}}, "tasks"),
     ({"checkpoint": ""}, "checkpoint"),
+    ({"tasks": {"t": {"annotations": "a", "prompt": "{}"}}}, "tasks.t.prompt"),
+    ({"tasks": {"t": {"annotations": "a", "prompt": "use {question"}}}, "tasks.t.prompt"),
+    ({"only": []}, "only"),
+    ({"tasks": {"a b": {"annotations": "a"}}}, "tasks"),
+    ({"predictor": {"num_gpus": -1}}, "predictor.num_gpus"),
 ])
 def test_config_errors_name_the_field(patch, field):
     with pytest.raises(ConfigError) as err:
@@ -58,6 +63,16 @@ def test_chat_body_puts_media_in_the_first_user_turn():
     assert body["max_tokens"] == 7 and body["temperature"] == 0.0
 
 
+def test_media_urls_are_absolute_and_encoded(tmp_path, monkeypatch):
+    from urllib.parse import unquote, urlparse
+
+    monkeypatch.chdir(tmp_path)
+    body = chat_body({"video": "clips/a #1?.mp4", "text": "q", "history": "[]"}, 4)
+    url = body["messages"][0]["content"][0]["video_url"]["url"]
+    assert url.startswith("file:///") and "#" not in url and "?" not in url
+    assert unquote(urlparse(url).path) == str(tmp_path / "clips" / "a #1?.mp4")
+
+
 def test_restrict_drops_streams_the_task_does_not_give():
     import torch
 
@@ -67,6 +82,9 @@ def test_restrict_drops_streams_the_task_does_not_give():
     assert "none of the task's modalities" in _restrict(req, ["image"])
     image = GenRequest([], torch.zeros(1, 1, 4), None, True, GenerateOptions())
     assert _restrict(image, ["image"]).video is not None
+    spoken = GenRequest([], torch.zeros(1, 1, 4), torch.zeros(5, 3), True, GenerateOptions())
+    only_audio = _restrict(spoken, ["audio"])
+    assert only_audio.video is None and only_audio.image is False
 
 
 def test_join_and_score_count_errors_and_groups():
@@ -86,6 +104,7 @@ def test_join_and_score_count_errors_and_groups():
     assert result.modality == "video" and [s["score"] for s in result.samples[:2]] == [1.0, 0.0]
     assert eval_report.flat_metrics([result]) == {"t.accuracy": 0.5, "t.errors": 2.0,
                                                   "t.vision.accuracy": 0.5, "t.vision.n": 2.0}
+    assert eval_report.metric_name("['Audio-Visual', 'Counting']") == "Audio-Visual_Counting"
 
 
 def test_local_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
