@@ -34,6 +34,14 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     saved = json.loads((tmp_path / "bm" / "results.json").read_text())
     assert [r["run"] for r in saved["results"]] == runs
 
+    from benchmarks import feature_probe
+
+    [data] = (tmp_path / "bm").glob("data-*")
+    probes = feature_probe.main(["--features", str(data / "features"),
+                                 "--manifest", str(data / "synth" / "manifest.jsonl")])
+    assert {"tone", "colour"} <= set(probes)
+    assert all(0.0 <= p["accuracy"] <= 1.0 and p["examples"] > 10 for p in probes.values())
+
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)
