@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"config field '{field}': {message}")
-        self.field = field
+        self.field, self.message = field, message
+
+    def __reduce__(self):  # two arguments: keep both across process boundaries (Ray)
+        return (ConfigError, (self.field, self.message))
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:

@@ -155,7 +155,8 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]):
     return from_dict(TrainConfig, {
         "name": spec.name, "stage": "instruct", "model": to_dict(model),
         "data": {"features": paths["features"], "batch_size": cfg.batch_size, **mix},
-        "optim": {"max_steps": cfg.steps, "lr": cfg.lr, "warmup_steps": 10},
+        "optim": {"max_steps": cfg.steps, "lr": cfg.lr,
+                  "warmup_steps": min(10, cfg.steps // 5)},
         "deepspeed": {"enabled": False},
         "run": {"checkpoint_every": cfg.steps, "val_every": 0, "generate_samples": 0}})
 

@@ -88,3 +88,10 @@ def test_a_partial_section_keeps_the_fields_own_default():
     # Two levels deep, through the outer field's default.
     assert from_dict(Wrapper, {"tuned": {"inner": {"rate": 1.0}}}).tuned == Tuned(
         Inner(9, 1.0, ["x", "y"]), {"c": 3.0})
+
+
+def test_config_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ConfigError("optim.lr", "must be > 0")))
+    assert err.field == "optim.lr" and str(err) == "config field 'optim.lr': must be > 0"
