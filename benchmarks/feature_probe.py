@@ -7,6 +7,8 @@ ridge classifier on 80% of the examples, scored on the other 20%:
     beeps       the beep count, from audio mean / std / max
     colour      the colour of the single visible shape, from one frame's visual tokens
     kind        its kind (square / circle / triangle), from the same frame
+and one corpus check: how often the sync answer (the shape on screen at the first beep) is
+simply the first shape's colour, the score of a model that knows order but never listens.
 
     python -m benchmarks.feature_probe --features runs/bench-model/data-*/features \\
         --manifest runs/bench-model/data-*/synth/manifest.jsonl
@@ -48,6 +50,20 @@ def examples(features: str, manifest: str) -> dict[str, tuple[list, list]]:
     return out
 
 
+def sync_shortcut_rate(manifest: str) -> dict[str, float]:
+    """Share of sync questions whose answer is the colour of the clip's first shape."""
+    from pipelines.corpora import synthetic
+
+    total = first = 0
+    with open(manifest) as f:
+        for plan in (json.loads(r["meta"]) for r in map(json.loads, f)):
+            sync = synthetic.candidates(plan)["sync"]
+            if sync:
+                total += 1
+                first += sync[0][1] == plan["shapes"][0]["colour"]
+    return {"accuracy": first / total if total else 0.0, "examples": total}
+
+
 def probe(x: list, y: list, ridge: float = 10.0, seed: int = 0) -> float:
     """Held-out accuracy of a one-vs-rest ridge classifier (standardised inputs)."""
     X, labels = np.array(x), np.array(y)
@@ -68,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parser.parse_args(argv)
     results = {k: {"accuracy": probe(x, y), "examples": len(x)}
                for k, (x, y) in examples(args.features, args.manifest).items() if len(x) > 10}
+    results["sync_is_first_shape"] = sync_shortcut_rate(args.manifest)
     print(json.dumps(results, indent=2))
     return results
 
