@@ -287,10 +287,17 @@ class AVPredictor:
     def __init__(self, cfg: ServeConfig):
         replica_setup(cfg)
         self.cfg = cfg
-        model_cfg = model_config(cfg)
-        self.resolver = media_resolver(cfg, model_cfg)
-        self.encoder = FeatureEncoder(cfg, model_cfg)
+        self.model_cfg = model_config(cfg)
+        self.resolver = media_resolver(cfg, self.model_cfg)
+        self._encoder: FeatureEncoder | None = None
         self.generator = ChatGenerator(cfg)
+
+    @property
+    def encoder(self) -> FeatureEncoder:
+        """Built on first use: an evaluation on stored features never loads the encoders."""
+        if self._encoder is None:
+            self._encoder = FeatureEncoder(self.cfg, self.model_cfg)
+        return self._encoder
 
     def features(self, part: MediaPart | None) -> Features | None:
         if part is None:

@@ -30,7 +30,7 @@ from typing import Any
 from pipelines.corpora import vggsound
 from pipelines.corpora.base import dedupe
 from pipelines.eval_tasks.base import AnnotationSource, item
-from pipelines.eval_tasks.generic import (collect, json_object_lines, media_path, read_json,
+from pipelines.eval_tasks.generic import (collect, json_list_records, json_object_lines, media_path,
                                           take_options, text_field)
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,7 @@ AVSSD_PATTERN = "{youtube_id}_{start:06d}.mp4"
 
 def load_avsd(src: AnnotationSource) -> list[dict[str, Any]]:
     opts = take_options("avsd", src, {"all_turns": False, "ext": "mp4"})
-    data = read_json(src.annotations)
-    dialogs = data.get("dialogs") if isinstance(data, dict) else None
-    if not isinstance(dialogs, list):
-        raise ValueError(f"{src.annotations}: not an AVSD JSON (no 'dialogs' list)")
-    records = ((f"dialogs[{i}]", rec) for i, rec in enumerate(dialogs))
+    records = json_list_records(src.annotations, "dialogs", "an AVSD JSON")
     return collect("avsd", src.annotations, records,
                    lambda rec: _avsd_items(src, rec, bool(opts["all_turns"]), opts["ext"]), log)
 

@@ -23,7 +23,7 @@ from typing import Any
 from pipelines.corpora.audiocaps import COLUMNS as AUDIOCAPS_COLUMNS
 from pipelines.corpora.base import csv_records
 from pipelines.eval_tasks.base import AnnotationSource, item
-from pipelines.eval_tasks.generic import collect, read_json, take_options, text_field
+from pipelines.eval_tasks.generic import collect, json_list_records, take_options, text_field
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,7 @@ def load_flickr30k(src: AnnotationSource) -> list[dict[str, Any]]:
     """One item per image of the split, its five raw sentences the references."""
     take_options("flickr30k", src, {})
     split = src.split or "test"
-    data = read_json(src.annotations)
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list):
-        raise ValueError(f"{src.annotations}: not a Karpathy-split JSON (no 'images' list)")
-    records = ((f"images[{i}]", rec) for i, rec in enumerate(images))
+    records = json_list_records(src.annotations, "images", "a Karpathy-split JSON")
     return collect("flickr30k", src.annotations, records,
                    lambda rec: _flickr_item(src, split, rec), log)
 

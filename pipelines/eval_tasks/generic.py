@@ -80,6 +80,16 @@ def read_json(uri: str) -> Any:
         raise ValueError(f"{uri}: not a JSON file ({err})") from err
 
 
+def json_list_records(uri: str, key: str, what: str) -> Iterator[tuple[str, Any]]:
+    """(``key[i]``, record) pairs of the list under ``key`` of a JSON document; a document
+    without that list is a ValueError naming the file and the format expected."""
+    data = read_json(uri)
+    records = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f"{uri}: not {what} (no '{key}' list)")
+    return ((f"{key}[{i}]", rec) for i, rec in enumerate(records))
+
+
 def text_lines(uri: str) -> Iterator[tuple[int, str]]:
     """(line number, stripped line) of a UTF-8 text file, blank lines left out."""
     with storage.open_input(uri) as raw:
