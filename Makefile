@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" -e ".[test]"
 	touch $(STAMP)
 
+# make quickstart QUICKSTART_ARGS=--keep-serving   keeps the endpoint up until Ctrl-C
 quickstart: $(STAMP)
-	$(BIN)/avray quickstart --workdir data/quickstart
+	$(BIN)/avray quickstart --workdir data/quickstart $(QUICKSTART_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

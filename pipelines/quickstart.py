@@ -1,14 +1,17 @@
 """The end-to-end demo on the built-in synthetic corpus (``make quickstart``).
 
-    avray quickstart --workdir data/quickstart [--n 24]
-    python -m pipelines.quickstart --workdir data/quickstart
+    make quickstart                                   # avray quickstart --workdir data/quickstart
+    avray quickstart --workdir data/quickstart --keep-serving
+    python -m pipelines.quickstart --workdir data/quickstart --n 24 --align-steps 30 --steps 40
 
-What exists today: tiny random-weight models → synthetic audio-visual corpus (real mp4
-files) → Ray Data feature extraction → parquet feature shards → Ray Train + DeepSpeed
-(2 workers, ZeRO-2) with MLflow tracking → Ray Serve deploys the trained checkpoint behind
-the OpenAI-compatible API, which answers a question about a clip from its raw mp4 over HTTP
-→ the evaluation job (Ray Data, the same predictor) scores it on every question of the
-held-out clips, per task family, into the same MLflow store.
+Nine stages on one local Ray, each logged with the time it started at:
+tiny random-weight models → synthetic audio-visual corpus (real mp4 files) → Ray Data feature
+extraction into parquet shards → Ray Train + DeepSpeed ZeRO-2 on 2 workers, first the
+connector alone (align, LLM frozen), then connector + LoRA (instruct) from that checkpoint,
+registered in MLflow → the evaluation job scores the registered model on the held-out
+clips → Ray Serve deploys the registered model → the ``openai`` client asks about a raw mp4
+→ how to browse the runs and call the endpoint. Everything stops at the end unless
+``--keep-serving``, which keeps the endpoint up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,113 +20,218 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import time
+from dataclasses import dataclass
 
 from av_model.configlib import load_config
 from av_model.tiny import save_tiny_models
-from pipelines import evaluate, extract_features, jobs, train
+from pipelines import evaluate, extract_features, jobs, tracking, train
 from pipelines.corpora import synthetic
 
 log = logging.getLogger("avray.quickstart")
-CONFIG = os.path.join(os.path.dirname(__file__), "configs", "extract", "tiny.yaml")
-TRAIN = os.path.join(os.path.dirname(__file__), "configs", "train", "tiny-instruct.yaml")
-SERVE = os.path.join(os.path.dirname(__file__), "configs", "serve", "cpu.yaml")
-EVAL = os.path.join(os.path.dirname(__file__), "configs", "evaluate", "synthetic.yaml")
+CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
+EXTRACT = os.path.join(CONFIGS, "extract", "tiny.yaml")
+ALIGN = os.path.join(CONFIGS, "train", "tiny-align.yaml")
+INSTRUCT = os.path.join(CONFIGS, "train", "tiny-instruct.yaml")
+SERVE = os.path.join(CONFIGS, "serve", "cpu.yaml")
+EVAL = os.path.join(CONFIGS, "evaluate", "synthetic.yaml")
+MODEL_NAME = "avray-quickstart"      # the registered model and the API's model name
+STAGES = 9
 
 
-def _stage(n: int, total: int, text: str) -> None:
-    log.info("[%d/%d] %s", n, total, text)
+@dataclass
+class Paths:
+    """Where each stage writes, under one work directory."""
+
+    work: str
+
+    def __getattr__(self, name: str) -> str:   # encoders, synth, features, runs, eval
+        return os.path.join(self.work, name)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.work}/runs/mlflow.db"
 
 
-def main(argv: list[str] | None = None) -> dict:
+class Progress:
+    """``[k/9] +12s what`` lines, so a user sees where the demo is and how long it took."""
+
+    def __init__(self) -> None:
+        self.start, self.n = time.perf_counter(), 0
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        log.info("[%d/%d] +%.0fs %s", self.n, STAGES, self.elapsed, text)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avray quickstart", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="data/quickstart")
     parser.add_argument("--n", type=int, default=24, help="synthetic clips to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=40, help="training steps")
-    args = parser.parse_args(argv)
+    parser.add_argument("--align-steps", type=int, default=30, help="stage 1 training steps")
+    parser.add_argument("--steps", type=int, default=40, help="stage 2 (LoRA) training steps")
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="keep the endpoint (and Ray) up until Ctrl-C")
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port (default 8000 with --keep-serving, else a free one)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     jobs.setup_logging()
-    work = os.path.abspath(args.workdir)
-    start = time.perf_counter()
+    paths, progress = Paths(os.path.abspath(args.workdir)), Progress()
 
-    _stage(1, 6, f"tiny random-weight encoders → {work}/encoders")
-    enc = save_tiny_models(os.path.join(work, "encoders"), seed=args.seed)
+    progress(f"tiny random-weight encoders and LLM → {paths.encoders}")
+    enc = save_tiny_models(paths.encoders, seed=args.seed)
+    progress(f"synthetic corpus: {args.n} mp4 clips with audio → {paths.synth}")
+    synthetic.generate(synthetic.SynthConfig(
+        n=args.n, seed=args.seed, min_duration_s=8.0, max_duration_s=10.0,
+        split_fractions={"train": 0.75, "val": 0.25}), paths.synth)
+    with jobs.ray_session(jobs.RayConfig(progress_bars=False)):
+        progress(f"feature extraction (Ray Data actor pools) → {paths.features}")
+        summary = _extract(paths, enc)
+        progress(f"align: connector only, LLM frozen, {args.align_steps} steps "
+                 "(Ray Train, DeepSpeed ZeRO-2, 2 workers)")
+        align = _train(paths, ALIGN, args.align_steps, [])
+        with align.checkpoint.as_directory() as stage1:
+            progress(f"instruct: connector + LoRA from the align checkpoint, {args.steps} steps, "
+                     f"registered in MLflow as {MODEL_NAME}")
+            instruct = _train(paths, INSTRUCT, args.steps, [
+                f"init_from={os.path.join(stage1, 'model')}", "model.llm.mode=lora",
+                f"tracking.register_as={MODEL_NAME}"])
+        model_uri = tracking.latest_model_uri(MODEL_NAME, paths.tracking_uri)
+        progress(f"evaluation of {model_uri} on the held-out clips (Ray Data, serving predictor)")
+        scores = _evaluate(paths, model_uri)
+        progress(f"Ray Serve: deploying {model_uri} behind the OpenAI-compatible API")
+        result = {**summary, "align": align.metrics, "train": instruct.metrics,
+                  "model_uri": model_uri, "evaluate": scores}
+        result.update(_serve_and_ask(paths, model_uri, args, progress))
+    log.info("done in %.0f s; nothing left running.", progress.elapsed)
+    return result
 
-    _stage(2, 6, f"synthetic corpus: {args.n} clips → {work}/synth")
-    synth_cfg = synthetic.SynthConfig(n=args.n, seed=args.seed, min_duration_s=8.0,
-                                      max_duration_s=10.0,
-                                      split_fractions={"train": 0.75, "val": 0.25})
-    synthetic.generate(synth_cfg, os.path.join(work, "synth"))
 
-    _stage(3, 6, f"feature extraction (Ray Data) → {work}/features")
-    cfg = load_config(extract_features.ExtractConfig, CONFIG, [
-        f"corpus.path={work}/synth/manifest.jsonl", f"output={work}/features",
+def _extract(paths: Paths, enc: dict[str, str]) -> dict:
+    cfg = load_config(extract_features.ExtractConfig, EXTRACT, [
+        f"corpus.path={paths.synth}/manifest.jsonl", f"output={paths.features}",
         f"encoders.visual.name_or_path={enc['visual']}",
-        f"encoders.audio.name_or_path={enc['audio']}"])
-    with jobs.ray_session(cfg.ray):
-        summary = extract_features.run(cfg)
-
-    _stage(4, 6, f"training {args.steps} steps (Ray Train + DeepSpeed ZeRO-2) → {work}/runs")
-    result = train.main(["--config", TRAIN, f"data.features={work}/features",
-                         f"model_base={work}/encoders/model.yaml", f"run.storage_path={work}/runs",
-                         f"optim.max_steps={args.steps}", f"run.checkpoint_every={args.steps}",
-                         f"run.val_every={args.steps}", "ray.progress_bars=false"])
-    _stage(5, 6, "Ray Serve: the trained model answers about a raw mp4 over HTTP")
-    with result.checkpoint.as_directory() as path:
-        qa = _ask(os.path.join(path, "model"), f"{work}/synth")
-        _stage(6, 6, "evaluation (Ray Data + the serving predictor) on the held-out clips")
-        scores = evaluate.main(["--config", EVAL, f"checkpoint={os.path.join(path, 'model')}",
-                                "only=[synth_qa]", f"output={work}/eval",
-                                f"tasks.synth_qa.annotations={work}/synth/manifest.jsonl",
-                                "tasks.synth_qa.split=val", "ray.progress_bars=false",
-                                f"tracking.uri=sqlite:///{work}/runs/mlflow.db"])
-    qa_scores = scores["tasks"]["synth_qa"]
-    log.info("done in %.0f s. Produced:\n  media     %s/synth/media (%d mp4 files)\n"
-             "  manifest  %s/synth/manifest.jsonl\n  features  %s/features/features (parquet)\n"
-             "  errors    %s/features/errors/errors.parquet\n  runs      %s/runs (checkpoints, "
-             "MLflow store mlflow.db)\n  eval      %s/eval/results.md\n  extract   %s\n"
-             "  train     %s\n  evaluate  accuracy %.3f on %d questions, by family %s\n"
-             "  Q: %s\n  A: %s (reference: %s; a tiny model after %d steps)",
-             time.perf_counter() - start, work, args.n, work, work, work, work, work,
-             json.dumps(summary), json.dumps({k: round(v, 4) for k, v in result.metrics.items()}),
-             qa_scores["scores"]["accuracy"], qa_scores["n"],
-             json.dumps({g: round(s["accuracy"], 3) for g, s in qa_scores["groups"].items()}),
-             qa["question"], qa["answer"], qa["reference"], args.steps)
-    return {**summary, "train": result.metrics, "qa": qa, "evaluate": scores}
+        f"encoders.audio.name_or_path={enc['audio']}", "ray.progress_bars=false"])
+    summary = extract_features.run(cfg)
+    log.info("features: %s", json.dumps(summary))
+    return summary
 
 
-def _ask(checkpoint: str, synth: str) -> dict:
-    """Serve the checkpoint, POST the first clip's first question as an OpenAI chat request
-    with the clip as a ``video_url`` part, and shut the app down again."""
-    import urllib.request
+def _train(paths: Paths, config: str, steps: int, extra: list[str]):
+    result = train.main(["--config", config, f"data.features={paths.features}",
+                         f"model_base={paths.encoders}/model.yaml", f"run.storage_path={paths.runs}",
+                         f"tracking.uri={paths.tracking_uri}", f"optim.max_steps={steps}",
+                         f"optim.warmup_steps={max(1, steps // 10)}",
+                         f"run.checkpoint_every={steps}", f"run.val_every={steps}",
+                         "ray.progress_bars=false", *extra])
+    log.info("trained: %s", json.dumps({k: round(v, 4) for k, v in result.metrics.items()
+                                        if isinstance(v, float)}))
+    return result
 
+
+def _evaluate(paths: Paths, model_uri: str) -> dict:
+    scores = evaluate.main(["--config", EVAL, f"checkpoint={model_uri}", "only=[synth_qa]",
+                            f"output={paths.eval}",
+                            f"tasks.synth_qa.annotations={paths.synth}/manifest.jsonl",
+                            "tasks.synth_qa.split=val", "ray.progress_bars=false",
+                            f"tracking.uri={paths.tracking_uri}"])
+    qa = scores["tasks"]["synth_qa"]
+    log.info("evaluation: accuracy %.3f on %d questions, by family %s (a tiny random model: "
+             "the point is the pipeline, not the score)", qa["scores"]["accuracy"], qa["n"],
+             json.dumps({g: round(s["accuracy"], 3) for g, s in qa["groups"].items()}))
+    return scores
+
+
+def _serve_and_ask(paths: Paths, model_uri: str, args: argparse.Namespace,
+                   progress: Progress) -> dict:
+    """Deploy, ask with the ``openai`` client, print how to go on; stop unless asked not to."""
     from ray import serve
 
     from pipelines import serve as serve_job
     from pipelines.serve_config import ServeConfig
 
+    port = args.port or (8000 if args.keep_serving else jobs.free_port())
+    overrides = [f"checkpoint={model_uri}", f"tracking_uri={paths.tracking_uri}",
+                 f"model_name={MODEL_NAME}", f"media.allowed_root={paths.synth}",
+                 f"http.port={port}"]
+    url = serve_job.start(load_config(ServeConfig, SERVE, overrides))
+    try:
+        progress(f"the openai client asks {url}/v1 about a raw mp4 (video_url)")
+        qa = ask(url, first_question(paths.synth))
+        log.info("\n  Q: %s\n  A: %s\n  reference: %s  (a tiny model after a short run)",
+                 qa["question"], qa["answer"], qa["reference"])
+        progress("how to go on")
+        howto = how_to(paths, url, overrides, qa)
+        log.info("\n%s", howto)
+        if args.keep_serving:
+            log.info("serving %s at %s/v1 until Ctrl-C", model_uri, url)
+            _wait_for_interrupt()
+    finally:
+        serve.shutdown()
+    return {"qa": qa, "url": f"{url}/v1", "howto": howto}
+
+
+def first_question(synth: str) -> dict:
+    """The first held-out clip that has a question, as (mp4 path, question, reference)."""
     with open(os.path.join(synth, "manifest.jsonl")) as f:
-        row = next(r for r in map(json.loads, f) if r.get("conversations"))
-    cfg = load_config(ServeConfig, SERVE, [f"checkpoint={checkpoint}", "model_name=quickstart",
-                                           f"media.allowed_root={synth}",
-                                           f"http.port={jobs.free_port()}"])
-    question = row["conversations"][0]["content"].split("\n")[-1]
-    body = {"model": "quickstart", "temperature": 0, "max_tokens": 8, "messages": [
-        {"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": f"file://{row['uri']}"}},
-            {"type": "text", "text": question}]}]}
-    with jobs.ray_session(jobs.RayConfig()):
-        url = serve_job.start(cfg)
-        try:
-            req = urllib.request.Request(f"{url}/v1/chat/completions",
-                                         data=json.dumps(body).encode(),
-                                         headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=300) as resp:
-                answer = json.load(resp)["choices"][0]["message"]["content"]
-        finally:
-            serve.shutdown()
-    return {"clip_id": row["clip_id"], "question": question, "answer": answer,
-            "reference": row["conversations"][1]["content"], "url": f"{url}/v1"}
+        rows = [r for r in map(json.loads, f) if r.get("conversations")]
+    row = next((r for r in rows if r.get("split") == "val"), rows[0])
+    return {"clip_id": row["clip_id"], "video": row["uri"],
+            "question": row["conversations"][0]["content"].split("\n")[-1],
+            "reference": row["conversations"][1]["content"]}
+
+
+def chat_messages(item: dict) -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": f"file://{item['video']}"}},
+        {"type": "text", "text": item["question"]}]}]
+
+
+def ask(url: str, item: dict) -> dict:
+    """One chat completion through the real ``openai`` client, as an API user would send it."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", timeout=300, max_retries=0)
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=chat_messages(item),
+                                           temperature=0, max_tokens=16)
+    return {**item, "answer": reply.choices[0].message.content}
+
+
+def how_to(paths: Paths, url: str, serve_overrides: list[str], item: dict) -> str:
+    """The commands to browse the runs and to call (or restart) the endpoint."""
+    body = json.dumps({"model": MODEL_NAME, "temperature": 0, "messages": chat_messages(item)})
+    serve_cmd = " ".join(["python -m pipelines.serve --config", os.path.relpath(SERVE),
+                          *map(shlex.quote, serve_overrides)])
+    return "\n".join([
+        "Browse the runs (align, instruct, evaluation; the registered model under Models):",
+        f"  mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000"
+        "   # then open http://127.0.0.1:5000",
+        "Serve the registered model (the quickstart's endpoint stops with it unless "
+        "--keep-serving):",
+        f"  {serve_cmd}",
+        "Call the endpoint:",
+        f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\",
+        f"    -d {shlex.quote(body)}",
+        f"Outputs: {paths.features} (parquet features, errors/), {paths.runs} (checkpoints, "
+        f"MLflow store), {paths.eval}/results.md"])
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping the endpoint")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,13 @@ def download_checkpoint(uri: str, dst: str, tracking_uri: str | None = None) -> 
         if (path / "avray.yaml").is_file():
             return str(path)
     raise FileNotFoundError(f"{uri} holds no avray checkpoint (no avray.yaml)")
+
+
+def latest_model_uri(name: str, tracking_uri: str) -> str:
+    """``models:/NAME/VERSION`` of a registered model's newest version (the one a training
+    run just registered: rank 0 registers it on a worker, so the driver asks the registry)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise LookupError(f"no registered model named {name!r} in {tracking_uri}")
+    return f"models:/{name}/{max(int(v.version) for v in versions)}"

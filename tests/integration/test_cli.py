@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import requests
+from mlflow.tracking import MlflowClient
 
 from pipelines import quickstart, shards
 from pipelines.corpora.base import read_manifest
@@ -60,16 +62,34 @@ def test_avray_manifest_from_webvid(tmp_path, shared_media):
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path, ray_local):
-    summary = quickstart.main(["--workdir", str(tmp_path / "qs"), "--n", "4", "--steps", "4"])
+    work = tmp_path / "qs"
+    summary = quickstart.main(["--workdir", str(work), "--n", "4", "--align-steps", "3",
+                               "--steps", "4"])
     assert summary["clips_ok"] == 4 and summary["clips_failed"] == 0
-    assert summary["train"]["step"] == 4
-    assert summary["qa"]["question"] and isinstance(summary["qa"]["answer"], str)
-    saved = json.loads((tmp_path / "qs" / "features" / "summary.json").read_text())
+    assert summary["align"]["step"] == 3 and summary["train"]["step"] == 4
+    saved = json.loads((work / "features" / "summary.json").read_text())
     assert saved["clips_ok"] == 4
-    assert len(shards.written_clip_ids(str(tmp_path / "qs" / "features"))) == 4
+    assert len(shards.written_clip_ids(str(work / "features"))) == 4
+    # Stage 2 started from stage 1 with LoRA and was registered; evaluation and serving
+    # both loaded the registered model from the quickstart's one MLflow store.
+    uri = f"sqlite:///{work / 'runs' / 'mlflow.db'}"
+    assert summary["model_uri"] == "models:/avray-quickstart/1"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = {r.data.tags["mlflow.runName"]: r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])}
+    assert {"tiny-align", "tiny-instruct", "avray-eval-synthetic"} <= set(runs), sorted(runs)
+    instruct = runs["tiny-instruct"]
+    assert instruct.data.params["model.llm.mode"] == "lora"
+    assert "checkpoint_" in instruct.data.params["init_from"]
     qa = summary["evaluate"]["tasks"]["synth_qa"]
     assert qa["n"] > 0 and qa["errors"] == 0 and "vision" in qa["groups"]
-    assert (tmp_path / "qs" / "eval" / "results.md").is_file()
-    # Evaluation logged into the quickstart's one MLflow store, artifacts beside it.
-    assert summary["evaluate"]["tracking_uri"] == f"sqlite:///{tmp_path / 'qs' / 'runs' / 'mlflow.db'}"
+    assert summary["evaluate"]["tracking_uri"] == uri
+    assert (work / "eval" / "results.md").is_file()
+    # The openai client got an answer about a raw mp4; the how-to names the store and URL.
+    assert summary["qa"]["video"].endswith(".mp4") and isinstance(summary["qa"]["answer"], str)
+    assert f"mlflow ui --backend-store-uri {uri}" in summary["howto"]
+    assert f"curl -s {summary['url']}/chat/completions" in summary["howto"]
     assert not (tmp_path / "mlruns").exists() and not os.path.exists("mlruns")
+    # Nothing left serving: the endpoint is gone.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(summary["url"].removesuffix("/v1") + "/healthz", timeout=5)
