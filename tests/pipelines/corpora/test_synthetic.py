@@ -88,6 +88,18 @@ def test_plan_is_deterministic_and_independent_of_n():
     assert synth.plan_clip(a, 5) != synth.plan_clip(other, 5)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_first_beep_falls_on_each_shape_equally_often(k):
+    """No order shortcut for the sync question: with every onset drawn uniformly, 82% of
+    first beeps fell on the first of two shapes."""
+    cfg = synth.SynthConfig(n=600, seed=5, min_shapes=k, max_shapes=k, min_beeps=1,
+                            max_beeps=3)
+    hosts = [next(j for j, s in enumerate(p["shapes"]) if s["t_on"] <= p["beeps"][0] < s["t_off"])
+             for p in plans(cfg, cfg.n) if p["beeps"]]
+    shares = np.bincount(hosts, minlength=k) / len(hosts)
+    assert len(hosts) > 500 and np.all(np.abs(shares - 1 / k) < 0.06), shares
+
+
 def test_plan_timeline_invariants():
     cfg = synth.SynthConfig(n=300, seed=1)
     for p in plans(cfg, cfg.n):
