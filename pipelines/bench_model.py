@@ -122,7 +122,8 @@ def prepare_data(cfg: BenchConfig) -> dict[str, str]:
     enc = save_tiny_models(enc_dir, seed=cfg.seed)
     # Corpus and features live under a hash of what decides them: a rerun with the same
     # settings reuses them, a changed corpus never meets stale features of its clip ids.
-    key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed], sort_keys=True).encode())
+    key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed, synthetic.PLAN_VERSION],
+                                  sort_keys=True).encode())
     data = os.path.join(work, f"data-{key.hexdigest()[:10]}")
     synthetic.generate(cfg.synth, os.path.join(data, "synth"), workers=2)
     manifest = os.path.join(data, "synth", "manifest.jsonl")

@@ -60,6 +60,10 @@ BEEP_GAP_S = 0.5  # silence between consecutive beeps
 SPEECH_S = 0.8  # time window reserved for the spoken word (espeak words last ~0.45 s)
 SPEECH_GAP_S = 0.25  # silence between the word's window and any beep
 GRID_S = 0.01  # resolution of the beep / speech time candidates
+# Bumped whenever the same config starts giving other plans, so caches keyed on the config
+# (bench-model's data directory) do not pair new clips with stale features.
+# 2: the first beep's shape drawn uniformly.
+PLAN_VERSION = 2
 SYNC_Q = "What colour was the shape on screen when the first beep sounded?"
 
 
