@@ -52,3 +52,18 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file():
     assert cfg.checkpoint.startswith("models:/") and cfg.media.allowed_root == "/mnt/media"
     assert cfg.deployments.generator.autoscaling["max_replicas"] == 4
     assert isinstance(build_app(app.args), Application)  # what `serve deploy` imports
+
+
+@pytest.mark.parametrize("train, extract", [
+    ("favor-align", "favor-instructblip-whisper-large-v2"),
+    ("favor-instruct", "favor-instructblip-whisper-large-v2"),
+    ("salmonn-instruct", "salmonn-instructblip-whisper-large-v2-ast")])
+def test_model_presets_train_on_their_extract_presets_features(train, extract):
+    """The extraction preset named for a model writes the features its model is built for
+    (training refuses shards made by other encoders, so a mismatch would surface only on
+    the cluster)."""
+    from av_model.configlib import to_dict
+
+    model = load_train_config(str(CONFIGS / "train" / f"{train}.yaml"), []).model
+    written = load_config(ExtractConfig, CONFIGS / "extract" / f"{extract}.yaml").encoders
+    assert to_dict(written) == to_dict(model.encoders)
