@@ -6,8 +6,8 @@ Tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else a local sqlite st
 the run's storage (``<storage>/mlflow.db``, artifacts under ``<storage>/mlartifacts``), so
 a laptop run needs no server and a cluster run points at one.
 
-The registered model is a pyfunc whose ``artifacts/checkpoint`` is the avray checkpoint
-directory; loading it with ``mlflow.pyfunc.load_model`` gives a text-only predictor, and
+The registered model is a pyfunc whose ``artifacts/`` holds the avray checkpoint
+directory (under its own folder name); loading it with ``mlflow.pyfunc.load_model`` gives a text-only predictor, and
 ``download_checkpoint`` gives the directory ``av_model.checkpoint.load`` rebuilds from.
 """
 

@@ -74,10 +74,14 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
     the ones the shards were made with (features define them). Returns (config, columns)."""
     from pipelines.shards import read_feature_metadata
 
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not cfg.tracking.uri and env_uri:
+        # Rank 0 logs from a worker, whose environment may lack the driver's variable
+        # (`ray job submit` sets it for the driver only): pin the driver's choice.
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=env_uri))
     if not storage.list_files(storage.join(cfg.data.features, "features"), ".parquet"):
         raise ConfigError("data.features", f"no feature shards under {cfg.data.features}/features")
-    if storage.is_s3(cfg.run.storage_path) and not (
-            cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+    if storage.is_s3(cfg.run.storage_path) and not cfg.tracking.uri:
         raise ConfigError("tracking.uri", "an s3:// run.storage_path needs an MLflow server "
                           "(tracking.uri or MLFLOW_TRACKING_URI): a local store on one worker "
                           "would be lost with it")

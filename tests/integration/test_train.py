@@ -12,6 +12,7 @@ from av_model import checkpoint as av_checkpoint
 from av_model.model import GenerateOptions, Sample
 from pipelines import train
 from pipelines.checkpoints import local_checkpoint
+from pipelines.train_config import load_train_config
 from tests.conftest import ROOT
 
 TRAIN = str(ROOT / "pipelines" / "configs" / "train" / "tiny-instruct.yaml")
@@ -73,6 +74,17 @@ def test_zero3_two_workers_loss_decreases(features, tiny_encoders, tmp_path):
     with result.checkpoint.as_directory() as path:
         model = av_checkpoint.load(os.path.join(path, "model"), load_encoders=False)
     assert sum(p.numel() for p in model.connector.parameters()) > 0
+
+
+def test_preflight_pins_the_drivers_tracking_uri(features, tiny_encoders, tmp_path, monkeypatch):
+    """Rank 0 logs from a worker whose environment may lack the driver's MLFLOW_TRACKING_URI
+    (`ray job submit` sets it for the driver only), so the driver writes it into the config."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    overrides = _args(features, tiny_encoders, tmp_path)[2:]
+    cfg, _ = train.preflight(load_train_config(TRAIN, overrides))
+    assert cfg.tracking.uri == "http://127.0.0.1:5999"
+    pinned, _ = train.preflight(load_train_config(TRAIN, overrides + ["tracking.uri=sqlite:///x.db"]))
+    assert pinned.tracking.uri == "sqlite:///x.db"          # an explicit URI wins
 
 
 def test_bad_train_config_exits_2_before_ray(tmp_path, tiny_encoders, capsys):
