@@ -168,8 +168,10 @@ def _serve_and_ask(paths: Paths, model_uri: str, args: argparse.Namespace,
     try:
         progress(f"the openai client asks {url}/v1 about a raw mp4 (video_url)")
         qa = ask(url, first_question(paths.synth))
-        log.info("\n  Q: %s\n  A: %s\n  reference: %s  (a tiny model after a short run)",
-                 qa["question"], qa["answer"], qa["reference"])
+        log.info("\n  Q: %s\n  A: %r\n  reference: %s\n  (random-weight tiny encoders and LLM "
+                 "after %d + %d steps: expect a wrong answer; `avray bench-model` trains long "
+                 "enough to learn)", qa["question"], qa["answer"], qa["reference"],
+                 args.align_steps, args.steps)
         progress("how to go on")
         howto = how_to(paths, url, overrides, qa)
         log.info("\n%s", howto)
