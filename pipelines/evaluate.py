@@ -5,7 +5,7 @@ predictor, metrics per task, tables to MLflow and to files.
         checkpoint=runs/tiny/checkpoint tasks.synth_qa.annotations=data/synth/manifest.jsonl
     python -m pipelines.evaluate --config pipelines/configs/evaluate/aveb.yaml \\
         checkpoint=models:/avray-favor/3 only=[librispeech,audiocaps] predictor.num_gpus=1
-    ray job submit --working-dir . -- python -m pipelines.evaluate \\
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipelines.evaluate \\
         --config pipelines/configs/evaluate/aveb.yaml checkpoint=s3://bucket/ckpt
 
 Flow: each task's adapter (``pipelines.eval_tasks``) reads its annotations on the driver
@@ -67,6 +67,7 @@ def preflight(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
     """Checkpoint, stored features and every task's annotations, before Ray starts."""
     from pipelines import shards
 
+    jobs.check_durable_path("output", cfg.output)
     check_reference(cfg.checkpoint)
     for name, task in cfg.selected().items():
         if task.features and not storage.exists(storage.join(task.features,

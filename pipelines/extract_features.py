@@ -6,7 +6,7 @@ Run locally (starts a local Ray) or on a cluster:
 
     python -m pipelines.extract_features --config pipelines/configs/extract/tiny.yaml \\
         corpus.path=data/synth/manifest.jsonl output=data/features
-    ray job submit --working-dir . -- python -m pipelines.extract_features \\
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipelines.extract_features \\
         --config pipelines/configs/extract/clip-b16-whisper-small.yaml \\
         corpus.name=webvid corpus.path=s3://bucket/webvid/results_10M_train.csv \\
         corpus.media_root=s3://bucket/webvid/videos output=s3://bucket/features/webvid
@@ -281,6 +281,7 @@ def plan(cfg: ExtractConfig) -> Plan:
 def preflight(cfg: ExtractConfig) -> Plan:
     """Every check before Ray starts: ``plan`` plus an output that already holds shards from
     other feature settings is refused (a rerun must not mix feature spaces)."""
+    jobs.check_durable_path("output", cfg.output)
     settled = plan(cfg)
     metadata = settled.metadata
     if storage.exists(storage.join(cfg.output, shards.FEATURES_DIR)):

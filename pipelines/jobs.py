@@ -111,6 +111,17 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
+def check_durable_path(field: str, path: str) -> None:
+    """Under ``ray job submit`` the driver runs in Ray's temporary copy of the uploaded
+    working directory, deleted after the job: a relative output path would vanish with it
+    (and other nodes could not see it). Refuse it before any work starts."""
+    if _JOB_CONFIG_ENV not in os.environ or "://" in path or os.path.isabs(path):
+        return
+    raise ConfigError(field, f"{path!r} is relative; under `ray job submit` it would be written "
+                      "into the job's temporary copy of the working directory. Give an "
+                      "absolute path on shared storage or an s3:// prefix")
+
+
 def _pythonpath() -> dict[str, str]:
     """Forward the driver's PYTHONPATH so workers import the same checkout."""
     path = os.environ.get("PYTHONPATH")

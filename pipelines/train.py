@@ -8,7 +8,7 @@ optimizer, scheduler and data position. Rank 0 logs to MLflow and registers the 
 
     python -m pipelines.train --config pipelines/configs/train/tiny-align.yaml \\
         data.features=data/quickstart/features model_base=data/quickstart/tiny/model.yaml
-    ray job submit --working-dir . -- python -m pipelines.train \\
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipelines.train \\
         --config pipelines/configs/train/favor-instruct.yaml \\
         init_from=s3://bucket/runs/favor-align/checkpoint_000009/model \\
         data.features=s3://bucket/features/webvid scaling.num_workers=8 scaling.use_gpu=true
@@ -79,6 +79,7 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
         # Rank 0 logs from a worker, whose environment may lack the driver's variable
         # (`ray job submit` sets it for the driver only): pin the driver's choice.
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=env_uri))
+    jobs.check_durable_path("run.storage_path", cfg.run.storage_path)
     if not storage.list_files(storage.join(cfg.data.features, "features"), ".parquet"):
         raise ConfigError("data.features", f"no feature shards under {cfg.data.features}/features")
     if storage.is_s3(cfg.run.storage_path) and not cfg.tracking.uri:
