@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 
@@ -173,7 +174,7 @@ def _serve_and_ask(paths: Paths, model_uri: str, args: argparse.Namespace,
                  "enough to learn)", qa["question"], qa["answer"], qa["reference"],
                  args.align_steps, args.steps)
         progress("how to go on")
-        howto = how_to(paths, url, overrides, qa)
+        howto = how_to(paths, url if args.keep_serving else None, overrides, qa)
         log.info("\n%s", howto)
         if args.keep_serving:
             log.info("serving %s at %s/v1 until Ctrl-C", model_uri, url)
@@ -209,18 +210,23 @@ def ask(url: str, item: dict) -> dict:
     return {**item, "answer": reply.choices[0].message.content}
 
 
-def how_to(paths: Paths, url: str, serve_overrides: list[str], item: dict) -> str:
-    """The commands to browse the runs and to call (or restart) the endpoint."""
+def how_to(paths: Paths, live_url: str | None, serve_overrides: list[str], item: dict) -> str:
+    """The commands to browse the runs, serve the registered model and call it: the live
+    endpoint with ``--keep-serving``, else the one the printed serve command starts."""
+    url = live_url or "http://127.0.0.1:8000"
+    overrides = [o for o in serve_overrides if not o.startswith("http.port=")] + [
+        f"http.port={url.rsplit(':', 1)[1]}"]
+    python = shlex.quote(sys.executable)
     body = json.dumps({"model": MODEL_NAME, "temperature": 0, "messages": chat_messages(item)})
-    serve_cmd = " ".join(["python -m pipelines.serve --config", os.path.relpath(SERVE),
-                          *map(shlex.quote, serve_overrides)])
+    serve_cmd = " ".join([python, "-m pipelines.serve --config", os.path.relpath(SERVE),
+                          *map(shlex.quote, overrides)])
     return "\n".join([
         "Browse the runs (align, instruct, evaluation; the registered model under Models):",
-        f"  mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000"
+        f"  {python} -m mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000"
         "   # then open http://127.0.0.1:5000",
-        "Serve the registered model (the quickstart's endpoint stops with it unless "
-        "--keep-serving):",
-        f"  {serve_cmd}",
+        *(["The endpoint stays up until Ctrl-C."] if live_url else [
+            "Serve the registered model again (the quickstart stopped its endpoint; "
+            "--keep-serving keeps it up):", f"  {serve_cmd}"]),
         "Call the endpoint:",
         f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\",
         f"    -d {shlex.quote(body)}",

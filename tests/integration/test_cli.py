@@ -87,8 +87,11 @@ def test_quickstart_runs_end_to_end(tmp_path, ray_local):
     assert (work / "eval" / "results.md").is_file()
     # The openai client got an answer about a raw mp4; the how-to names the store and URL.
     assert summary["qa"]["video"].endswith(".mp4") and isinstance(summary["qa"]["answer"], str)
-    assert f"mlflow ui --backend-store-uri {uri}" in summary["howto"]
-    assert f"curl -s {summary['url']}/chat/completions" in summary["howto"]
+    howto = summary["howto"]
+    assert f"-m mlflow ui --backend-store-uri {uri}" in howto
+    # The endpoint is gone, so the how-to starts one on port 8000 and calls that.
+    assert "checkpoint=models:/avray-quickstart/1" in howto and "http.port=8000" in howto
+    assert "curl -s http://127.0.0.1:8000/v1/chat/completions" in howto
     assert not (tmp_path / "mlruns").exists() and not os.path.exists("mlruns")
     # Nothing left serving: the endpoint is gone.
     with pytest.raises(requests.ConnectionError):
