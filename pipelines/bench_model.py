@@ -2,7 +2,7 @@
 
     avray bench-model --workdir runs/bench-model [key=value ...]
     python -m pipelines.bench_model --config cfg.yaml steps=600 results_md=benchmarks/RESULTS.md
-    ray job submit --working-dir . -- python -m pipelines.bench_model --workdir /tmp/bm
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipelines.bench_model --workdir /tmp/bm
 
 One command, five stages:
   1. the synthetic corpus (``pipelines.corpora.synthetic``): real mp4 clips whose every event
@@ -18,7 +18,9 @@ One command, five stages:
      (``eval_predict.EvalPredictor``, stored features) and scorer (``eval_report``), every
      well-posed question of every test clip, accuracy per family;
   5. a table and a plot (PNG) to MLflow, ``<workdir>/results.md`` and, with ``results_md``,
-     a section of ``benchmarks/RESULTS.md``.
+     a section of ``benchmarks/RESULTS.md``. In MLflow each run is a nested run under the
+     benchmark's run: its training config as params (connector kind, streams), its loss
+     every ``log_every`` steps, its accuracy per family.
 
 Why the families separate the connectors: vision and audio questions can be answered from a
 clip-level summary; sync and order need to know *when* things happened, which a windowed
@@ -41,8 +43,9 @@ from typing import Any
 from av_model.configlib import check, from_dict, to_dict
 from pipelines import jobs
 from pipelines.corpora.synthetic import SynthConfig
-from pipelines.bench_report import log_to_mlflow, plot, report, table, write_section
-from pipelines.train_config import TrackingConfig
+from pipelines.bench_report import (finish_child, log_to_mlflow, parent_info, plot, report,
+                                    start_child, start_parent, table, write_section)
+from pipelines.train_config import TrackingConfig, TrainConfig
 
 log = logging.getLogger("avray.bench_model")
 CONNECTORS = ("linear", "qformer", "causal_qformer", "mrc_qformer")
@@ -85,6 +88,7 @@ class BenchConfig:
     parallel: int = 2             # training runs at once (one CPU each)
     eval_batch_size: int = 16
     max_tokens: int = 8           # answers are a word or two
+    log_every: int = 10           # MLflow: each run's loss etc. every N steps (and the last)
     results_md: str | None = None  # e.g. benchmarks/RESULTS.md: replace the section there
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: jobs.RayConfig = field(default_factory=jobs.RayConfig)
@@ -97,6 +101,7 @@ class BenchConfig:
         check(self.steps > 0 and self.batch_size > 0, "steps", "steps and batch_size > 0")
         check(self.llm_mode in ("full", "lora"), "llm_mode", "full or lora")
         check(self.parallel >= 1, "parallel", "must be >= 1")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
         check(self.synth.split_fractions.get("test", 0) > 0 and
               self.synth.split_fractions.get("train", 0) > 0, "synth.split_fractions",
               "needs a train and a test split")
@@ -139,12 +144,11 @@ def prepare_data(cfg: BenchConfig) -> dict[str, str]:
 # ----------------------------------------------------------------------------- stage 3-4
 
 
-def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]):
+def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainConfig:
     """The TrainConfig of one run: the tiny preset with the run's connector and streams."""
     from av_model.config import ModelConfig
     from av_model.configlib import load_config
     from av_model.tiny import tiny_model_config
-    from pipelines.train_config import TrainConfig
 
     base = load_config(ModelConfig, paths["model_yaml"])
     connector = tiny_model_config(paths, spec.connector).connector
@@ -163,8 +167,28 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]):
 
 
 def train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str],
-                       out: str) -> dict[str, Any]:
-    """Train one run in this process, then answer and score the test questions."""
+                       out: str, parent: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one run in this process, then answer and score the test questions; with
+    ``parent`` (``bench_report.parent_info``), log it as a nested MLflow run."""
+    tcfg = run_config(cfg, spec, paths)
+    tracker = start_child(parent, spec.name, spec.modalities, to_dict(tcfg)) \
+        if parent else None
+    try:
+        result, history = _train_and_evaluate(cfg, spec, paths, out, tcfg)
+        if tracker is not None:
+            finish_child(tracker, result, history, cfg.log_every)
+    except BaseException:
+        if tracker is not None:
+            tracker.client.set_terminated(tracker.run_id, status="FAILED")
+        raise
+    return result
+
+
+def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], out: str,
+                        tcfg: TrainConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The plain training loop on the stored features, then ``evaluate_run``; returns the
+    result and the loop's metrics per step (kept in memory: logging them during training
+    would count in ``train_s``)."""
     import numpy as np
     import torch
 
@@ -175,7 +199,6 @@ def train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str],
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
-    tcfg = run_config(cfg, spec, paths)
     rows = [r for r in read_rows(paths["features"], "train") if r["conversations"]]
     model = AVModel.build(tcfg.model, load_encoders=False)
     collator = Collator(model, tcfg.data, seed=cfg.seed)
@@ -187,17 +210,18 @@ def train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str],
             if i >= skip:
                 yield collator(batch)
 
-    losses: list[float] = []
+    history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    Trainer(model, tcfg, lambda m, p: losses.append(m["loss"])).fit(
+    Trainer(model, tcfg, lambda m, p: history.append(m)).fit(
         epochs, None, LoopState(), lambda s: os.path.join(out, f"step{s}"))
     train_s = time.perf_counter() - start
     ckpt = str(av_checkpoint.save(model, os.path.join(out, "model")))
     shutil.rmtree(os.path.join(out, f"step{cfg.steps}"), ignore_errors=True)
     del model
+    losses = [m["loss"] for m in history]
     return {"run": spec.name, "connector": spec.connector, "modalities": list(spec.modalities),
             "train_s": train_s, "final_loss": float(np.mean(losses[-10:])),
-            "checkpoint": ckpt, **evaluate_run(cfg, spec, ckpt, paths)}
+            "checkpoint": ckpt, **evaluate_run(cfg, spec, ckpt, paths)}, history
 
 
 def evaluate_run(cfg: BenchConfig, spec: RunSpec, checkpoint: str,
@@ -229,8 +253,10 @@ def evaluate_run(cfg: BenchConfig, spec: RunSpec, checkpoint: str,
             "family_n": {f: int(g["n"]) for f, g in result.groups.items()}}
 
 
-def run_all(cfg: BenchConfig, paths: dict[str, str]) -> list[dict[str, Any]]:
-    """Every run as a Ray task (one CPU, ``parallel`` at a time), results in config order."""
+def run_all(cfg: BenchConfig, paths: dict[str, str],
+            parent: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every run as a Ray task (one CPU, ``parallel`` at a time), results in config order;
+    each logs a nested MLflow run under ``parent`` when given."""
     import ray
 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -247,7 +273,7 @@ def run_all(cfg: BenchConfig, paths: dict[str, str]) -> list[dict[str, Any]]:
         if len(pending) >= cfg.parallel:
             _, pending = ray.wait(pending, num_returns=1)
         ref = task.remote(cfg, spec, paths, os.path.join(os.path.abspath(cfg.workdir), "runs",
-                                                         spec.name.replace("/", "_")))
+                                                         spec.name.replace("/", "_")), parent)
         refs[spec.name] = ref
         pending.append(ref)
     results = []
@@ -275,10 +301,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 + extra + list(args.overrides), __doc__)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    with jobs.ray_session(cfg.ray):
-        paths = prepare_data(cfg)
-        timings["corpus + features"] = time.perf_counter() - start
-        results = run_all(cfg, paths)
+    tracker = start_parent(cfg)   # first: the runs nest under it
+    try:
+        with jobs.ray_session(cfg.ray):
+            paths = prepare_data(cfg)
+            timings["corpus + features"] = time.perf_counter() - start
+            results = run_all(cfg, paths, parent_info(tracker, cfg))
+    except BaseException:
+        tracker.client.set_terminated(tracker.run_id, status="FAILED")
+        raise
     timings["training + evaluation"] = time.perf_counter() - start - timings["corpus + features"]
     timings["total"] = time.perf_counter() - start
     work = os.path.abspath(cfg.workdir)
@@ -295,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if os.path.abspath(png) != beside:
             shutil.copy(png, beside)
         write_section(cfg.results_md, md + "\n![accuracy per family](bench_model.png)\n")
-    run_id = log_to_mlflow(cfg, results, md, png)
+    run_id = log_to_mlflow(tracker, results, md, png)
     log.info("benchmark done in %.0f s (MLflow run %s)\n%s", timings["total"], run_id,
              table(results))
     return {"results": results, "timings": timings, "run_id": run_id, "plot": png}

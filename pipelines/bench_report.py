@@ -1,4 +1,5 @@
-"""Stage 5 of ``avray bench-model``: the table, the plot, the Markdown section, MLflow.
+"""Stage 5 of ``avray bench-model``: the table, the plot, the Markdown section, MLflow
+(a parent run with the summary, one nested run per connector run with its loss curve).
 
 Kept apart from the runner so the benchmark's orchestration and its presentation stay
 one screen each.
@@ -7,12 +8,16 @@ one screen each.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from av_model.configlib import to_dict
 
+if TYPE_CHECKING:
+    from pipelines.tracking import Tracker   # imports mlflow: only where a run is opened
+
 FAMILIES = ("vision", "audio", "sync", "order", "speech")
 SECTION_BEGIN, SECTION_END = "<!-- bench-model:begin -->", "<!-- bench-model:end -->"
+EXPERIMENT = "avray-bench-model"   # MLflow experiment unless tracking.experiment is set
 
 
 def families_present(results: list[dict[str, Any]]) -> list[str]:
@@ -41,17 +46,17 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: str) -> str:
-    """Grouped bars: accuracy per family, one bar per run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Grouped bars: accuracy per family, one bar per run. A bare ``Figure`` needs no pyplot
+    backend: ``matplotlib.use("Agg")`` here would switch a calling notebook's backend too."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     fams = families_present(results)
     results = [r for r in results if "error" not in r]
     x = np.arange(len(fams))
     width = 0.8 / max(len(results), 1)
-    fig, ax = plt.subplots(figsize=(1.6 * len(fams) + 3, 4))
+    fig = Figure(figsize=(1.6 * len(fams) + 3, 4))
+    ax = fig.subplots()
     for i, r in enumerate(results):
         ax.bar(x + i * width - 0.4 + width / 2,
                [100 * r["families"].get(f, np.nan) for f in fams], width, label=r["run"])
@@ -62,7 +67,6 @@ def plot(results: list[dict[str, Any]], path: str) -> str:
     ax.set_title("synthetic audio-visual benchmark: accuracy per task family")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -98,13 +102,56 @@ def write_section(path: str, body: str) -> None:
         f.write(text)
 
 
-def log_to_mlflow(cfg, results: list[dict[str, Any]], md: str,
-                  png: str) -> str:
+def start_parent(cfg) -> Tracker:
+    """The benchmark's MLflow run, opened before training so each run can nest under it."""
     from pipelines.tracking import Tracker
 
-    tracker = Tracker(cfg.tracking.uri, cfg.workdir, cfg.tracking.experiment or
-                      "avray-bench-model", run_name="bench-model")
+    tracker = Tracker(cfg.tracking.uri, cfg.workdir, cfg.tracking.experiment or EXPERIMENT,
+                      run_name="bench-model")
     tracker.log_params(to_dict(cfg))
+    return tracker
+
+
+def parent_info(tracker: Tracker, cfg) -> dict[str, str]:
+    """What a run's Ray task needs to open its nested run (plain strings: no client)."""
+    return {"uri": tracker.tracking_uri, "run_id": tracker.run_id,
+            "storage": os.path.abspath(cfg.workdir),
+            "experiment": cfg.tracking.experiment or EXPERIMENT}
+
+
+def start_child(parent: dict[str, str], name: str, modalities: tuple[str, ...],
+                train_config: dict[str, Any]) -> Tracker:
+    """One connector run as a nested MLflow run: the training config's params (connector
+    kind, LLM mode, stage ...) as a training job logs them, plus the streams it sees."""
+    from pipelines.tracking import Tracker
+
+    tracker = Tracker(parent["uri"], parent["storage"], parent["experiment"], run_name=name)
+    tracker.client.set_tag(tracker.run_id, "mlflow.parentRunId", parent["run_id"])
+    tracker.log_params({**train_config, "bench": {"run": name,
+                                                  "modalities": ",".join(modalities)}})
+    return tracker
+
+
+def finish_child(tracker: Tracker, result: dict[str, Any], history: list[dict[str, Any]],
+                 log_every: int) -> None:
+    """The loop's metrics (loss, lr, grad_norm, throughput) every ``log_every`` steps and at
+    the last (after training, so that MLflow calls never count in ``train_s``), then the
+    held-out scores (overall and per family) and timings; closes the run."""
+    last = int(history[-1]["step"]) if history else 0
+    for metrics in history:
+        step = int(metrics["step"])
+        if step % log_every == 0 or step == last:
+            tracker.log_metrics(metrics, step)
+    scores = {"accuracy": result["accuracy"], "final_loss": result["final_loss"],
+              "train_s": result["train_s"], "eval_s": result["eval_s"],
+              "questions": result["n"], "eval_errors": result["errors"]}
+    scores.update({f"accuracy.{f}": v for f, v in result["families"].items()})
+    tracker.log_metrics(scores, last)
+    tracker.client.set_terminated(tracker.run_id)
+
+
+def log_to_mlflow(tracker: Tracker, results: list[dict[str, Any]], md: str, png: str) -> str:
+    """The summary on the parent run: accuracy per run and family, the report, the plot."""
     metrics = {}
     for r in (r for r in results if "error" not in r):
         key = r["run"].replace("/", ".")
@@ -116,5 +163,3 @@ def log_to_mlflow(cfg, results: list[dict[str, Any]], md: str,
     tracker.client.log_artifact(tracker.run_id, png)
     tracker.client.set_terminated(tracker.run_id)
     return tracker.run_id
-
-

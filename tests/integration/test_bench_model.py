@@ -1,5 +1,6 @@
 """`avray bench-model` end to end at a toy size: corpus, features, two connectors and an
-ablation trained as Ray tasks, evaluation per family, table + PNG + MLflow + RESULTS section."""
+ablation trained as Ray tasks, evaluation per family, table + PNG + RESULTS section, MLflow
+(the summary run and one nested run per connector run with its loss curve)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\n## Other\n\nkept\n")
     out = bench_model.main([
-        "--workdir", str(tmp_path / "bm"), "synth.n=16", "steps=6", "batch_size=4",
+        "--workdir", str(tmp_path / "bm"), "synth.n=16", "steps=6", "batch_size=4", "log_every=4",
         "connectors=[causal_qformer,qformer]", "ablations=[audio]", "ray.progress_bars=false",
         f"results_md={results_md}", f"tracking.uri={mlflow_server}"])
     runs = [r["run"] for r in out["results"]]
@@ -49,6 +50,21 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     assert "causal_qformer.both.vision" in run.data.metrics
     assert {a.path for a in client.list_artifacts(out["run_id"])} >= {
         "results.md", "results.json", "bench_model.png"}
+    # Each run is a nested run of the benchmark's: its params, its loss curve, and the same
+    # held-out scores the report shows.
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == sorted(runs)
+    for r in out["results"]:
+        child = by_name[r["run"]]
+        assert child.info.status == "FINISHED"
+        assert child.data.params["model.connector.kind"] == r["connector"]
+        assert child.data.params["bench.modalities"] == ",".join(r["modalities"])
+        loss = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted(m.step for m in loss) == [4, 6]              # log_every=4, and the last
+        assert child.data.metrics["accuracy"] == pytest.approx(r["accuracy"])
+        assert child.data.metrics["accuracy.order"] == pytest.approx(r["families"]["order"])
 
 
 def test_write_section_replaces_its_own_block(tmp_path):
