@@ -58,7 +58,9 @@ class Tracker:
     def __init__(self, uri: str | None, storage_path: str, experiment: str,
                  run_id: str | None = None, run_name: str | None = None):
         tracking_uri, artifacts = resolve_uri(uri, storage_path)
-        mlflow.set_tracking_uri(tracking_uri)
+        # No mlflow.set_tracking_uri here: it also writes MLFLOW_TRACKING_URI into this
+        # process's environment, which would steer every later job in the process (and its
+        # subprocesses). Only ``finish`` needs the globals, and sets them just around its call.
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
@@ -90,7 +92,7 @@ class Tracker:
 
     def finish(self, checkpoint_dir: str, register_as: str | None) -> str | None:
         """Log the checkpoint as a pyfunc model; register it; return models:/NAME/VERSION."""
-        with mlflow.start_run(run_id=self.run_id):
+        with _global_uris(self.tracking_uri), mlflow.start_run(run_id=self.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=AVCheckpointModel(),
                 artifacts={CHECKPOINT_ARTIFACT: checkpoint_dir},

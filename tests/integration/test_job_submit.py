@@ -102,7 +102,8 @@ def _cluster_env() -> dict[str, str]:
     find `pipelines` in the uploaded working dir. No WORKER_ENV either: the runtime env must
     supply it. `python` is this venv's, as on a cluster whose image has avray installed.
     """
-    drop = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONPATH", *WORKER_ENV}
+    drop = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONPATH", "MLFLOW_TRACKING_URI",
+            "MLFLOW_REGISTRY_URI", *WORKER_ENV}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # A throwaway loopback cluster: no token auth (Ray turns it on when ~/.ray/auth_token
