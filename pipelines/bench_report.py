@@ -125,8 +125,8 @@ def start_child(parent: dict[str, str], name: str, modalities: tuple[str, ...],
     kind, LLM mode, stage ...) as a training job logs them, plus the streams it sees."""
     from pipelines.tracking import Tracker
 
-    tracker = Tracker(parent["uri"], parent["storage"], parent["experiment"], run_name=name)
-    tracker.client.set_tag(tracker.run_id, "mlflow.parentRunId", parent["run_id"])
+    tracker = Tracker(parent["uri"], parent["storage"], parent["experiment"], run_name=name,
+                      parent_run_id=parent["run_id"])
     tracker.log_params({**train_config, "bench": {"run": name,
                                                   "modalities": ",".join(modalities)}})
     return tracker

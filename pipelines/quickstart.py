@@ -41,18 +41,24 @@ MODEL_NAME = "avray-quickstart"      # the registered model and the API's model 
 STAGES = 9
 
 
-@dataclass
+@dataclass(frozen=True)
 class Paths:
     """Where each stage writes, under one work directory."""
 
     work: str
 
-    def __getattr__(self, name: str) -> str:   # encoders, synth, features, runs, eval
+    def _sub(self, name: str) -> str:
         return os.path.join(self.work, name)
+
+    encoders = property(lambda self: self._sub("encoders"))
+    synth = property(lambda self: self._sub("synth"))
+    features = property(lambda self: self._sub("features"))
+    runs = property(lambda self: self._sub("runs"))
+    eval = property(lambda self: self._sub("eval"))
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.work}/runs/mlflow.db"
+        return f"sqlite:///{self.runs}/mlflow.db"
 
 
 class Progress:

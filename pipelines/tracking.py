@@ -22,6 +22,9 @@ from typing import Any, Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
+# MLflow's raw URI globals (None = not set): the public getters only return resolved values.
+from mlflow.tracking._model_registry import utils as _registry_globals
+from mlflow.tracking._tracking_service import utils as _tracking_globals
 
 log = logging.getLogger("avray.tracking")
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -56,7 +59,8 @@ class Tracker:
     """One MLflow run; ``run_id`` survives worker restarts through the loop state."""
 
     def __init__(self, uri: str | None, storage_path: str, experiment: str,
-                 run_id: str | None = None, run_name: str | None = None):
+                 run_id: str | None = None, run_name: str | None = None,
+                 parent_run_id: str | None = None):
         tracking_uri, artifacts = resolve_uri(uri, storage_path)
         # No mlflow.set_tracking_uri here: it also writes MLFLOW_TRACKING_URI into this
         # process's environment, which would steer every later job in the process (and its
@@ -66,7 +70,8 @@ class Tracker:
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=artifacts)
         if run_id is None:
-            run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         self.run_id, self.tracking_uri = run_id, tracking_uri
         log.info("MLflow run %s at %s", run_id, tracking_uri)
 
@@ -127,10 +132,12 @@ _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 @contextlib.contextmanager
 def _global_uris(uri: str) -> Iterator[None]:
-    """Point MLflow's global tracking and registry URIs at ``uri``, then put back both the
-    globals and the environment (``set_tracking_uri`` also writes MLFLOW_TRACKING_URI)."""
+    """Point MLflow's global tracking and registry URIs at ``uri``, then put back exactly
+    what was there: the raw globals (None = unset, so MLflow keeps resolving its defaults
+    rather than staying pinned to what they resolved to) and the environment
+    (``set_tracking_uri`` also writes MLFLOW_TRACKING_URI)."""
     env = {k: os.environ.get(k) for k in _URI_ENV}
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    saved = _tracking_globals._tracking_uri, _registry_globals._registry_uri
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)

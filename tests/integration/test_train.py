@@ -37,9 +37,7 @@ def test_zero2_two_workers_tracks_registers_and_the_model_loads(
                               f"tracking.uri={mlflow_server}", "tracking.register_as=tiny-av"))
     assert result.metrics["step"] == 8 and "val_loss" in result.metrics
     assert result.checkpoint is not None
-    # Name the registry too: an in-process log_model earlier in the session (another test)
-    # may have left MLflow's global registry URI set, which a bare client would follow.
-    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("t-zero2")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.params["deepspeed.zero_stage"] == "2"
