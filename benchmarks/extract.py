@@ -19,6 +19,24 @@ the marginal rate a long corpus sees.
 
 Clips default to 596×336, the size of WebVid's previews. Peak memory is the largest summed
 RSS of this process tree (Ray workers included), sampled every 0.2 s.
+
+On a GPU host (issue 2: real-size encoders, clips/s and GPU utilisation). Such hosts may lack
+ffmpeg, so the corpus is one rendered elsewhere (``avray synth``): ``--corpus DIR`` reads its
+manifest.jsonl and, for more clips than it holds, copies its mp4 files under new names, so
+every row is a distinct file the job really decodes (``benchmarks.corpus_copies``).
+``--random-encoders`` writes random weights at CLIP ViT-L/14 and Whisper large-v2 dimensions
+(``benchmarks.real_size``) and runs them under ``clip-l14-whisper-large-v2-ast.yaml`` without
+its AST; pool overrides share the one GPU (``num_gpus`` per actor; the benchmark refuses
+pools that cannot all start):
+
+    python -m benchmarks.extract --corpus DIR --random-encoders --clips 100 --more-clips 300 \
+        visual_pool.num_gpus=0.25 visual_pool.min_size=2 visual_pool.max_size=2 \
+        audio_pool.num_gpus=0.25 audio_pool.min_size=2 audio_pool.max_size=2 \
+        decode.num_cpus=0.5 decode.max_tasks=12
+
+Each mode's GPU utilisation and peak GPU memory are sampled alongside (NVML or nvidia-smi,
+see ``benchmarks.sampling``); ``gpu_usage`` is null on a host with neither. The sequential
+baseline runs its encoders where the job's pools do (CUDA when their ``num_gpus`` > 0).
 """
 
 from __future__ import annotations
@@ -32,80 +50,87 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
-
-import psutil
+from typing import Any
 
 from av_model.configlib import load_config
 from av_model.tiny import save_tiny_models
+from benchmarks import corpus_copies, sampling
 from pipelines import extract_features, extract_stages, jobs
 from pipelines.corpora import synthetic
 from pipelines.corpora.base import read_manifest
 
 log = logging.getLogger("avray.bench.extract")
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "pipelines", "configs", "extract",
-                      "tiny.yaml")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "pipelines", "configs", "extract")
+CONFIG = os.path.join(CONFIGS, "tiny.yaml")
+# --random-encoders: the real-size config, minus the AST (real_size has no AST preset).
+REAL_CONFIG = os.path.join(CONFIGS, "clip-l14-whisper-large-v2-ast.yaml")
+REAL_OVERRIDES = ["encoders.audio_events.name_or_path=null"]
 
 
-@contextmanager
-def peak_rss() -> Iterator[dict]:
-    """Track the peak summed RSS (bytes) of this process tree while the block runs."""
-    result = {"peak_bytes": 0}
-    stop = threading.Event()
-    me = psutil.Process()
-
-    def sample() -> None:
-        while not stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            result["peak_bytes"] = max(result["peak_bytes"], total)
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join()
+def _devices(cfg: extract_features.ExtractConfig) -> dict[str, str]:
+    """Where the job runs each encoder: its own pool's device (fused: the visual pool's)."""
+    pools = {"visual": cfg.visual_pool, "audio": cfg.audio_pool, "events": cfg.events_pool}
+    return {k: extract_features._device(cfg.visual_pool if cfg.fuse_encoders else pool)
+            for k, pool in pools.items()}
 
 
 def run_sequential(cfg: extract_features.ExtractConfig, rows: list[dict], out: str) -> float:
-    """One process, one clip at a time, through the job's own stage code; loop seconds."""
+    """One process, one clip at a time, through the job's own stage code, on the devices the
+    job's pools use (CUDA for a pool with GPUs); loop seconds."""
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
     settled = extract_features.plan(cfg)
-    device = "cuda" if cfg.visual_pool.num_gpus > 0 else "cpu"
-    visual = extract_stages.VisualStage(cfg.encoders.visual, device)
-    audio = extract_stages.AudioStage(cfg.encoders.audio, device)
+    dev = _devices(cfg)
+    events = cfg.encoders.audio_events if cfg.encoders.audio_events.name_or_path else None
+    stages = [extract_stages.VisualStage(cfg.encoders.visual, dev["visual"]),
+              extract_stages.AudioStage(cfg.encoders.audio, dev["audio"],
+                                        drop_input=events is None)]
+    if events is not None:
+        stages.append(extract_stages.AudioEventStage(events, dev["events"]))
     start = time.perf_counter()
     for row in rows:
         batch = {"clip_id": np.array([row["clip_id"]], dtype=object),
                  "uri": np.array([row["uri"]], dtype=object),
                  "manifest": np.array([json.dumps(row)], dtype=object)}
-        batch = audio(visual(extract_stages.decode_batch(batch, settled.decode)))
+        batch = extract_stages.decode_batch(batch, settled.decode)
+        for stage in stages:
+            batch = stage(batch)
         extract_stages.write_batch(batch, out, cfg.encoders.fps, settled.metadata, cfg.dtype)
     return time.perf_counter() - start
 
 
-def time_sequential_process(argv: list[str], loop_json: str) -> tuple[float, float]:
-    """(process wall time incl. imports and loading, loop-only time) of a fresh process."""
+def torch_device(cfg: extract_features.ExtractConfig) -> str:
+    """What the encoders ran on, as torch names it (the sequential child reports it)."""
+    import torch
+
+    dev = _devices(cfg)
+    if "cuda" not in (dev["visual"], dev["audio"]):
+        return "cpu"
+    return (f"cuda: {torch.cuda.get_device_name(0)} (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda})")
+
+
+def time_sequential_process(argv: list[str], loop_json: str) -> tuple[float, dict]:
+    """(process wall time incl. imports and loading, the child's report) of a fresh process.
+
+    The child's stderr goes to a log next to ``loop_json``; its tail is raised on failure.
+    """
+    log_path = loop_json.replace(".json", ".log")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "benchmarks.extract", "--mode", "sequential",
-                    "--json", loop_json, *argv],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log_path, "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.extract", "--mode",
+                               "sequential", "--json", loop_json, *argv],
+                              stdout=subprocess.DEVNULL, stderr=err)
     wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"sequential child failed ({proc.returncode}); {log_path}:\n{tail}")
     with open(loop_json) as f:
-        return wall, json.load(f)["loop_s"]
+        return wall, json.load(f)
 
 
 def run_decode_only(cfg: extract_features.ExtractConfig, rows: list[dict]) -> float:
@@ -119,11 +144,24 @@ def run_decode_only(cfg: extract_features.ExtractConfig, rows: list[dict]) -> fl
     return time.perf_counter() - start
 
 
-def _prepare(args, clips: int) -> tuple[dict[str, str], str]:
-    """Encoders and a corpus of ``clips`` clips (cached in the workdir): (dirs, manifest)."""
-    enc_root = args.encoders or os.path.join(args.workdir, "encoders")
-    if not os.path.isdir(os.path.join(enc_root, "visual")):
-        save_tiny_models(enc_root)
+def _encoders(args) -> dict[str, str]:
+    """Visual and audio checkpoint dirs: tiny ones, or random real-size ones (cached)."""
+    if args.random_encoders:
+        from benchmarks import real_size  # imports the big model classes: only when asked
+
+        root = args.encoders or os.path.join(
+            args.workdir, f"real-{args.visual_arch}-{args.audio_arch}")
+        return real_size.save(root, visual=args.visual_arch, audio=args.audio_arch)
+    root = args.encoders or os.path.join(args.workdir, "encoders")
+    if not os.path.isdir(os.path.join(root, "visual")):
+        save_tiny_models(root)
+    return {"visual": f"{root}/visual", "audio": f"{root}/audio"}
+
+
+def _corpus(args, clips: int) -> str:
+    """The manifest of a ``clips``-clip corpus (cached in the workdir)."""
+    if args.corpus:
+        return corpus_copies.cached_copies(args.corpus, clips, args.workdir)
     width, height = (int(v) for v in args.size.split("x"))
     synth_dir = os.path.join(args.workdir, f"synth-{clips}-{args.duration:g}s-{args.size}")
     manifest = os.path.join(synth_dir, "manifest.jsonl")
@@ -131,7 +169,12 @@ def _prepare(args, clips: int) -> tuple[dict[str, str], str]:
         synthetic.generate(synthetic.SynthConfig(
             n=clips, seed=7, min_duration_s=args.duration, max_duration_s=args.duration,
             width=width, height=height, speech=False), synth_dir, workers=2)
-    return {"visual": f"{enc_root}/visual", "audio": f"{enc_root}/audio"}, manifest
+    return manifest
+
+
+def _prepare(args, clips: int) -> tuple[dict[str, str], str]:
+    """Encoders and a corpus of ``clips`` clips: (dirs, manifest)."""
+    return _encoders(args), _corpus(args, clips)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -141,13 +184,32 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="second corpus size for marginal rates (0: skip)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--size", default="596x336", help="synthetic frame size WxH")
+    parser.add_argument("--corpus", default=None,
+                        help="existing synthetic corpus dir (manifest.jsonl + mp4s) to use and "
+                             "replicate instead of rendering one (--duration/--size unused)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "avray-bench"))
     parser.add_argument("--encoders", default=None, help="dir with visual/ and audio/ models")
-    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--random-encoders", action="store_true",
+                        help="random weights at real dimensions (benchmarks.real_size) instead "
+                             "of tiny ones; the config defaults to " + os.path.basename(REAL_CONFIG))
+    parser.add_argument("--visual-arch", default="clip-vit-large-patch14",
+                        help="with --random-encoders: a benchmarks.real_size.VISUAL key")
+    parser.add_argument("--audio-arch", default="whisper-large-v2",
+                        help="with --random-encoders: a benchmarks.real_size.AUDIO key")
+    parser.add_argument("--config", default=None, help="default: tiny.yaml, or the real-size "
+                                                       "config with --random-encoders")
     parser.add_argument("--mode", choices=["all", "sequential"], default="all")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("overrides", nargs="*")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = REAL_CONFIG if args.random_encoders else CONFIG
+    return args
+
+
+def _overrides(args) -> list[str]:
+    """The run's config overrides: the real-size defaults first, so the user's win."""
+    return [*(REAL_OVERRIDES if args.random_encoders else []), *args.overrides]
 
 
 def _cfg(args, enc: dict[str, str], manifest: str, out: str) -> extract_features.ExtractConfig:
@@ -155,30 +217,85 @@ def _cfg(args, enc: dict[str, str], manifest: str, out: str) -> extract_features
         f"corpus.path={manifest}", f"output={out}",
         f"encoders.visual.name_or_path={enc['visual']}",
         f"encoders.audio.name_or_path={enc['audio']}", "ray.progress_bars=false",
-        *args.overrides])
+        *_overrides(args)])
+
+
+def _gpus_needed(cfg: extract_features.ExtractConfig) -> float:
+    """GPUs the pools' minimum actors hold at once."""
+    pools = [cfg.visual_pool]
+    if not cfg.fuse_encoders:
+        pools.append(cfg.audio_pool)
+        if cfg.encoders.audio_events.name_or_path:
+            pools.append(cfg.events_pool)
+    return sum(p.min_size * p.num_gpus for p in pools)
+
+
+def _check_gpus(cfg: extract_features.ExtractConfig, available: float) -> None:
+    """Refuse pools whose minimum actors cannot all start: Ray Data would wait forever for
+    the actor that finds no GPU (the real-size config asks one whole GPU per pool)."""
+    need = _gpus_needed(cfg)
+    if need > available + 1e-6:
+        raise SystemExit(f"the pools' minimum actors need {need:g} GPUs, this host has "
+                         f"{available:g}: lower <pool>.num_gpus or <pool>.min_size")
 
 
 def _measure_ray(args, sizes: list[int], res: dict) -> None:
     """decode-only and the job at each corpus size, in one Ray session."""
+    import ray
+
     out = os.path.join(args.workdir, "job")
     with jobs.ray_session(_cfg(args, *_prepare(args, sizes[0]), out).ray):
         # Ray Data starts its helper actors on a session's first dataset (5–7 s here): a
         # once-per-cluster cost, paid here by a short warm-up that is not measured.
         enc, manifest = _prepare(args, sizes[0])
+        _check_gpus(_cfg(args, enc, manifest, out), ray.cluster_resources().get("GPU", 0.0))
         run_decode_only(_cfg(args, enc, manifest, out), read_manifest(manifest)[:8])
         for n in sizes:
             enc, manifest = _prepare(args, n)
             cfg, rows = _cfg(args, enc, manifest, out), read_manifest(manifest)
-            with peak_rss() as mem:
+            with sampling.peak_rss() as mem, sampling.gpu_usage() as gpu:
                 res[f"decode_only_{n}_s"] = run_decode_only(cfg, rows)
             res["decode_only_peak_gb"] = mem["peak_bytes"] / 2**30
+            res["gpu_usage"][f"decode_only_{n}"] = gpu
             shutil.rmtree(out, ignore_errors=True)
-            with peak_rss() as mem:
+            with sampling.peak_rss() as mem, sampling.gpu_usage() as gpu:
                 start = time.perf_counter()
                 summary = extract_features.run(cfg)
                 res[f"job_{n}_s"] = time.perf_counter() - start
             res["job_peak_gb"] = mem["peak_bytes"] / 2**30
+            res["gpu_usage"][f"job_{n}"] = gpu
             assert summary["clips_ok"] == n, summary
+
+
+def _describe(args, cfg: extract_features.ExtractConfig, manifest: str) -> dict[str, Any]:
+    """What was measured: host, devices, corpus, encoders and pools."""
+    res: dict[str, Any] = {
+        "host": f"{platform.node()} {os.cpu_count()} CPUs {platform.machine()}",
+        "gpus": sampling.device_names() or None,
+        "config": os.path.basename(args.config), "overrides": _overrides(args),
+        "encoders": ({"visual": f"random {args.visual_arch}", "audio": f"random {args.audio_arch}"}
+                     if args.random_encoders else args.encoders or "tiny"),
+        "encoder_dtypes": [cfg.encoders.visual.dtype, cfg.encoders.audio.dtype],
+        "pools": {name: {k: getattr(getattr(cfg, name), k)
+                         for k in ("min_size", "max_size", "num_cpus", "num_gpus", "batch_size")}
+                  for name in ("visual_pool", "audio_pool")},
+        "fuse_encoders": cfg.fuse_encoders,
+        "decode": {"num_cpus": cfg.decode.num_cpus, "batch_size": cfg.decode.batch_size,
+                   "max_tasks": cfg.decode.max_tasks}}
+    if not args.corpus:
+        return {**res, "clip_seconds": args.duration, "size": args.size, "corpus": "rendered"}
+    return {**res, **corpus_copies.describe(args.corpus, manifest)}
+
+
+def _child_argv(args, clips: int) -> list[str]:
+    """The sequential child's flags: the same encoders, corpus and config as this run."""
+    argv = ["--clips", str(clips), "--duration", str(args.duration), "--size", args.size,
+            "--workdir", args.workdir, "--config", args.config,
+            "--visual-arch", args.visual_arch, "--audio-arch", args.audio_arch]
+    argv += ["--corpus", args.corpus] if args.corpus else []
+    argv += ["--encoders", args.encoders] if args.encoders else []
+    argv += ["--random-encoders"] if args.random_encoders else []
+    return argv + args.overrides
 
 
 def _ratios(res: dict, sizes: list[int]) -> None:
@@ -194,6 +311,14 @@ def _ratios(res: dict, sizes: list[int]) -> None:
         res[f"job_vs_sequential{kind}"] = job / res[f"sequential{kind}_clips_per_s"]
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     jobs.setup_logging()
@@ -201,27 +326,31 @@ def main(argv: list[str] | None = None) -> dict:
         enc, manifest = _prepare(args, args.clips)
         out = os.path.join(args.workdir, "seq")
         shutil.rmtree(out, ignore_errors=True)
-        loop = run_sequential(_cfg(args, enc, manifest, out), read_manifest(manifest), out)
+        cfg = _cfg(args, enc, manifest, out)
+        loop = run_sequential(cfg, read_manifest(manifest), out)
         with open(args.json, "w") as f:
-            json.dump({"loop_s": loop}, f)
+            json.dump({"loop_s": loop, "torch_device": torch_device(cfg)}, f)
         return {}
     sizes = [args.clips] + ([args.more_clips] if args.more_clips > args.clips else [])
-    res: dict = {"clips": sizes, "clip_seconds": args.duration, "size": args.size,
-                 "host": f"{platform.node()} {os.cpu_count()} CPUs {platform.machine()}"}
+    enc, manifest = _prepare(args, sizes[0])
+    cfg = _cfg(args, enc, manifest, os.path.join(args.workdir, "job"))
+    if _gpus_needed(cfg) > 0:  # fail before minutes of sequential work, not after
+        _check_gpus(cfg, len(sampling.device_names()))
+    res: dict = {"clips": sizes, **_describe(args, cfg, manifest), "gpu_usage": {}}
     for n in sizes:
         _prepare(args, n)
-        child = ["--clips", str(n), "--duration", str(args.duration), "--size", args.size,
-                 "--workdir", args.workdir, "--config", args.config, *args.overrides]
-        if args.encoders:
-            child += ["--encoders", args.encoders]
-        with peak_rss() as mem:
-            res[f"sequential_{n}_s"], loop_s = time_sequential_process(
-                child, os.path.join(args.workdir, "sequential.json"))
-        res[f"sequential_{n}_loop_only_s"] = loop_s
+        with sampling.peak_rss() as mem, sampling.gpu_usage() as gpu:
+            res[f"sequential_{n}_s"], child = time_sequential_process(
+                _child_argv(args, n), os.path.join(args.workdir, "sequential.json"))
+        res[f"sequential_{n}_loop_only_s"] = child["loop_s"]
         res["sequential_peak_gb"] = mem["peak_bytes"] / 2**30
+        res["gpu_usage"][f"sequential_{n}"] = gpu
+        res["torch_device"] = child["torch_device"]
     _measure_ray(args, sizes, res)
     _ratios(res, sizes)
-    res = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
+    if not res["gpus"]:  # no counters on this host: one null, not a table of them
+        res["gpu_usage"] = None
+    res = _rounded(res)
     text = json.dumps(res, indent=2)
     log.info("results:\n%s", text)
     if args.json:
