@@ -236,11 +236,14 @@ def _ray_storage(cfg: TrainConfig) -> dict[str, Any]:
 
 def datasets(cfg: TrainConfig, columns: list[str]) -> dict[str, Any]:
     import ray.data
+    from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(storage.join(cfg.data.features, "features"), columns=columns)
-    out = {"train": ds.filter(expr=f"split == '{cfg.data.train_split}'")}
+    # select_columns and predicate expressions are pushed down into the parquet reader (the
+    # columns= argument and string expressions are deprecated; a string also broke on quotes).
+    ds = ray.data.read_parquet(storage.join(cfg.data.features, "features")).select_columns(columns)
+    out = {"train": ds.filter(expr=col("split") == cfg.data.train_split)}
     if cfg.data.val_split:
-        out["val"] = ds.filter(expr=f"split == '{cfg.data.val_split}'")
+        out["val"] = ds.filter(expr=col("split") == cfg.data.val_split)
     if cfg.data.materialize:
         out = {k: v.materialize() for k, v in out.items()}
     return out
