@@ -137,6 +137,9 @@ class ServeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto = cuda when the replica has a GPU
     torch_threads: int = 1        # per replica: keep replicas from oversubscribing cores
     feature_cache_items: int = 256  # encoded media kept per encoder replica (LRU)
+    # Fold a LoRA checkpoint's adapters into the base weights at load: the same outputs
+    # (within rounding) without two extra matrix products per adapted projection and token.
+    merge_lora: bool = True
     generation: GenerationDefaults = GenerationDefaults()
     media: MediaPolicy = MediaPolicy()
     batching: BatchingConfig = BatchingConfig()

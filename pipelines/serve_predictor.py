@@ -29,6 +29,7 @@ from av_model.config import ModelConfig
 from av_model.encoders.bundle import AVEncoders
 from av_model.encoders.common import default_device
 from av_model.encoders.visual import visual_input_spec
+from av_model.llm import merge_lora
 from av_model.model import (AVModel, FeatureCache, GenerateOptions, Generation, Sample,
                             cut_at_stop)
 from pipelines.checkpoints import local_checkpoint
@@ -164,6 +165,8 @@ class ChatGenerator:
             with checkpoint_dir(cfg) as path:
                 model = av_checkpoint.load(path, load_encoders=False,
                                            device=pick_device(cfg.device))
+            if cfg.merge_lora:
+                model.llm = merge_lora(model.llm)
         self.model = model
 
     def _sample(self, req: GenRequest) -> Sample:

@@ -18,7 +18,7 @@ from pipelines.serve_config import MediaPolicy, ServeConfig
 from pipelines.serve_media import MediaResolver
 from pipelines.serve_predictor import AVPredictor, StreamText
 from pipelines.media import DecodeConfig
-from tests.av_model.model_helpers import tiny_config
+from tests.av_model.model_helpers import features, tiny_config
 from tests.conftest import ROOT
 from tests.media_factory import make_video
 
@@ -153,6 +153,35 @@ def test_predictor_in_process(tiny_encoders, tmp_path):
     assert first["usage"]["prompt_tokens"] > 20  # media positions counted
     assert pred.encoder.stats() == {"hits": 1, "misses": 1, "items": 1}
     assert os.path.isfile(clip)
+
+
+def test_lora_checkpoint_served_merged_answers_as_unmerged(tiny_encoders, tmp_path):
+    """merge_lora folds the adapters into the base at load: no LoRA layers remain, and the
+    greedy answers and their scores are those of the unmerged model."""
+    from peft import PeftModel
+
+    from pipelines.serve_predictor import ChatGenerator, GenRequest
+
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders, mode="lora"), load_encoders=False)
+    with torch.no_grad():  # trained-looking adapters: lora_B starts at zero (a no-op)
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ckpt = checkpoint.save(model, tmp_path / "ckpt")
+    gens = {merge: ChatGenerator(ServeConfig(checkpoint=str(ckpt), merge_lora=merge))
+            for merge in (True, False)}
+    assert isinstance(gens[False].model.llm, PeftModel)
+    assert not isinstance(gens[True].model.llm, PeftModel)
+    assert not any("lora_" in n for n, _ in gens[True].model.llm.named_modules())
+    video, audio = features()
+    req = GenRequest(turns=[{"role": "user", "content": "<AUD_VIS>\nWhat is it?"}],
+                     video=video, audio=audio, image=False,
+                     options=GenerateOptions(max_new_tokens=6))
+    merged, unmerged = (gens[m].generate([req])[0] for m in (True, False))
+    assert (merged.text, merged.completion_tokens) == (unmerged.text, unmerged.completion_tokens)
+    with gens[False].model.llm.disable_adapter():  # the adapters do change the answer
+        assert gens[False].generate([req])[0].text != unmerged.text
 
 
 @pytest.mark.parametrize("override, field", [
