@@ -189,7 +189,7 @@ class AVModel(nn.Module):
         def cast(x: Tensor | None) -> Tensor | None:
             # Copy in the stored dtype (float16 from the shards: half of float32's bytes),
             # convert on the device: converting first runs on the host, one thread, and
-            # cost ~0.1 s of a 0.3 s LoRA step on an H100 (benchmarks/RESULTS.md).
+            # cost 0.145 s of a 0.330 s LoRA step on an H100 (benchmarks/RESULTS.md).
             if x is None or x.shape[0] == 0:
                 return None
             return x.to(dev, non_blocking=True).to(dtype)

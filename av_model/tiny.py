@@ -186,6 +186,12 @@ def tiny_model_config(paths: dict[str, str], kind: str = "causal_qformer",
         llm=LLMConfig(paths["llm"], mode="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0))
 
 
+def tiny_dims(sizes: TinySizes = TinySizes()) -> FeatureDims:
+    """The feature dimensions the tiny towers produce (patch tokens + CLS, Whisper at 50 Hz)."""
+    return FeatureDims(video_dim=sizes.vision_dim, audio_dim=sizes.audio_dim, audio_rate=50.0,
+                       video_tokens=(sizes.image_size // sizes.patch_size) ** 2 + 1)
+
+
 def save_tiny_models(out_dir: str | Path, seed: int = 0,
                      sizes: TinySizes = TinySizes()) -> dict[str, str]:
     """Write visual/, audio/, audio_events/, llm/ and the tiny preset ``model.yaml``."""
@@ -198,9 +204,7 @@ def save_tiny_models(out_dir: str | Path, seed: int = 0,
     }
     paths = {k: str(v) for k, v in paths.items()}
     cfg = tiny_model_config(paths)
-    dims = FeatureDims(video_dim=sizes.vision_dim, audio_dim=sizes.audio_dim, audio_rate=50.0,
-                       video_tokens=(sizes.image_size // sizes.patch_size) ** 2 + 1)
-    (root / "model.yaml").write_text(dump_yaml(dataclasses.replace(cfg, dims=dims)))
+    (root / "model.yaml").write_text(dump_yaml(dataclasses.replace(cfg, dims=tiny_dims(sizes))))
     log.info("tiny models and the tiny preset (model.yaml) written under %s", root)
     return paths
 

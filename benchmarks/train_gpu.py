@@ -67,7 +67,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from av_model.config import MODEL_PRESETS, FeatureDims, ModelConfig
+from av_model.config import MODEL_PRESETS, ModelConfig
 from av_model.model import AVModel
 from benchmarks.flops import analytic_flops, count_flops, weight_counts
 from benchmarks.real_size import LLM, save
@@ -121,14 +121,11 @@ def model_config(cfg: BenchConfig, llm_dir: str) -> ModelConfig:
                               dtype="bfloat16" if cfg.precision == "bf16" else "float32")
     out = dataclasses.replace(preset, llm=llm)
     if cfg.connector == "tiny":
-        from av_model.tiny import TinySizes, tiny_model_config
+        from av_model.tiny import tiny_dims, tiny_model_config
 
-        s = TinySizes()
         tiny = tiny_model_config({k: "unused" for k in ("visual", "audio", "audio_events")}
                                  | {"llm": llm_dir})
-        dims = FeatureDims(video_dim=s.vision_dim, audio_dim=s.audio_dim, audio_rate=50.0,
-                           video_tokens=(s.image_size // s.patch_size) ** 2 + 1)
-        out = dataclasses.replace(out, connector=tiny.connector, dims=dims)
+        out = dataclasses.replace(out, connector=tiny.connector, dims=tiny_dims())
     return out
 
 
