@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -29,7 +32,9 @@ class RayConfig:
     """How the job reaches Ray."""
 
     # None: join the cluster a `ray job submit` runs us in (RAY_ADDRESS), else start a
-    # local one. "auto" or "ray://host:10001" to join a specific cluster.
+    # private local one -- never a cluster some earlier `ray start` left on this machine
+    # (plain ray.init() would join that one). "auto" joins that machine's running cluster;
+    # "host:6379" or "ray://host:10001" a specific one.
     address: str | None = None
     num_cpus: int | None = None          # local Ray only: CPUs to offer (default: all)
     include_dashboard: bool = False      # local Ray only
@@ -82,7 +87,8 @@ def checked(fn: Callable[[T], R], cfg: T) -> R:
 
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
-    """Use the running Ray (or the cluster named by address), else start a local one."""
+    """Use Ray as ``cfg.address`` / RAY_ADDRESS / ``ray job submit`` say, else start a
+    private local Ray (shut down on leaving); an already initialised Ray is used as it is."""
     import ray
     from ray.data import DataContext
 
@@ -92,13 +98,16 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if _JOB_CONFIG_ENV in os.environ:
             # Under `ray job submit` the job's own runtime_env (cluster/runtime_env.yaml) is in
-            # force; Ray refuses a driver env_var that the job also sets, so add nothing.
-            ray.init(address=address or "auto")
+            # force and Ray refuses a driver env_var that the job also sets: add only the
+            # thread caps the job left out (all of them when --runtime-env was not given).
+            missing = {k: v for k, v in WORKER_ENV.items() if k not in _job_env_vars()}
+            ray.init(address=address or "auto",
+                     runtime_env={"env_vars": missing} if missing else None)
         elif address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard,
-                     runtime_env=env)
+            ray.init(address="local", num_cpus=cfg.num_cpus,
+                     include_dashboard=cfg.include_dashboard, runtime_env=env)
         started = True
     DataContext.get_current().enable_progress_bars = cfg.progress_bars
     try:
@@ -109,6 +118,32 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
 
 
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def _job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime env a `ray job submit` gave this driver."""
+    from ray.job_config import JobConfig
+
+    job = JobConfig.from_json(json.loads(os.environ[_JOB_CONFIG_ENV]))
+    return dict((job.runtime_env or {}).get("env_vars") or {})
+
+
+@contextlib.contextmanager
+def sigint_restored() -> Iterator[None]:
+    """Put the SIGINT handler back as it was on leaving.
+
+    Ray Train 2.x's ``TorchTrainer.fit`` installs a handler that aborts its controller on
+    Ctrl-C and leaves it installed after the run: a driver that goes on (the quickstart's
+    ``--keep-serving``) then logs "Received SIGINT. Gracefully aborting the training run" and
+    never sees KeyboardInterrupt.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def check_durable_path(field: str, path: str) -> None:

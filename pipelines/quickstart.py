@@ -17,6 +17,7 @@ clips → Ray Serve deploys the registered model → the ``openai`` client asks 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from av_model.configlib import load_config
 from av_model.tiny import save_tiny_models
@@ -55,6 +57,7 @@ class Paths:
     features = property(lambda self: self._sub("features"))
     runs = property(lambda self: self._sub("runs"))
     eval = property(lambda self: self._sub("eval"))
+    summary = property(lambda self: self._sub("quickstart.json"))  # what main() returns
 
     @property
     def tracking_uri(self) -> str:
@@ -119,7 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
         progress(f"Ray Serve: deploying {model_uri} behind the OpenAI-compatible API")
         result = {**summary, "align": align.metrics, "train": instruct.metrics,
                   "model_uri": model_uri, "evaluate": scores}
-        result.update(_serve_and_ask(paths, model_uri, args, progress))
+        with _serving(paths, model_uri, args, progress) as served:
+            result.update(served)
+            # Written while the endpoint is up, so a script driving --keep-serving can read it.
+            with open(paths.summary, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+            if args.keep_serving:
+                log.info("serving %s at %s until Ctrl-C (summary: %s)", model_uri,
+                         served["url"], paths.summary)
+                _wait_for_interrupt()
     log.info("done in %.0f s; nothing left running.", progress.elapsed)
     return result
 
@@ -159,9 +170,11 @@ def _evaluate(paths: Paths, model_uri: str) -> dict:
     return scores
 
 
-def _serve_and_ask(paths: Paths, model_uri: str, args: argparse.Namespace,
-                   progress: Progress) -> dict:
-    """Deploy, ask with the ``openai`` client, print how to go on; stop unless asked not to."""
+@contextlib.contextmanager
+def _serving(paths: Paths, model_uri: str, args: argparse.Namespace,
+             progress: Progress) -> Iterator[dict]:
+    """Deploy, ask with the ``openai`` client, print how to go on; the endpoint stops when
+    the block ends (normally, on Ctrl-C or on an error)."""
     from ray import serve
 
     from pipelines import serve as serve_job
@@ -182,12 +195,9 @@ def _serve_and_ask(paths: Paths, model_uri: str, args: argparse.Namespace,
         progress("how to go on")
         howto = how_to(paths, url if args.keep_serving else None, overrides, qa)
         log.info("\n%s", howto)
-        if args.keep_serving:
-            log.info("serving %s at %s/v1 until Ctrl-C", model_uri, url)
-            _wait_for_interrupt()
+        yield {"qa": qa, "url": f"{url}/v1", "howto": howto}
     finally:
         serve.shutdown()
-    return {"qa": qa, "url": f"{url}/v1", "howto": howto}
 
 
 def first_question(synth: str) -> dict:
@@ -241,9 +251,11 @@ def how_to(paths: Paths, live_url: str | None, serve_overrides: list[str], item:
 
 
 def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C. Short sleeps, not one long one: the kernel may deliver SIGINT to
+    any of Ray's threads, and then only the main thread's next wake-up runs the handler."""
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         log.info("stopping the endpoint")
 

@@ -271,7 +271,8 @@ def fit(cfg: TrainConfig, columns: list[str]):
                                                    "val_loss" if "val" in data else "loss"),
                                                checkpoint_score_order="min")),
         datasets=data)
-    return trainer.fit()
+    with jobs.sigint_restored():
+        return trainer.fit()
 
 
 def main(argv: list[str] | None = None):

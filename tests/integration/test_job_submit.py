@@ -201,11 +201,12 @@ def head_node(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _submit(head: dict, *entrypoint: str, timeout: int = 900) -> str:
+def _submit(head: dict, *entrypoint: str, timeout: int = 900, runtime_env: bool = True) -> str:
     """`ray job submit` from the checkout; it waits for the job and streams its logs.
     Returns them; fails with their tail unless the job succeeded (exit code 0)."""
-    cmd = [RAY, "job", "submit", "--address", head["url"], "--working-dir", ".",
-           "--runtime-env", str(RUNTIME_ENV.relative_to(ROOT)), "--", *entrypoint]
+    env_args = ["--runtime-env", str(RUNTIME_ENV.relative_to(ROOT))] if runtime_env else []
+    cmd = [RAY, "job", "submit", "--address", head["url"], "--working-dir", ".", *env_args,
+           "--", *entrypoint]
     start = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, env=_cluster_env(), capture_output=True, text=True,
                          timeout=timeout)
@@ -326,3 +327,45 @@ def test_submit_extract_then_train(head_node, tiny_encoders, tmp_path):
                    "run.generate_samples=0", "ray.progress_bars=false")
     assert "training finished" in logs
     _check_training(runs, "submitted", steps)
+
+
+
+_WHICH_RAY = """
+import json, ray
+from pipelines.jobs import RayConfig, ray_session
+out = {}
+for name, cfg in {"auto": RayConfig(address="auto"), "unset": RayConfig(num_cpus=1)}.items():
+    with ray_session(cfg):
+        out[name] = ray.get_runtime_context().gcs_address
+print(json.dumps(out))
+"""
+
+_SESSION_PROBE = """
+import json, os, ray
+from pipelines.jobs import WORKER_ENV, RayConfig, ray_session
+with ray_session(RayConfig()):
+    worker = ray.remote(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
+    print("PROBE", json.dumps(ray.get(worker.remote())))
+"""
+
+
+@pytest.mark.slow
+def test_ray_session_joins_a_running_cluster_only_when_told(head_node):
+    """A `ray start` cluster that a plain ``ray.init()`` would join (its address file is the
+    default one here): ``ray.address=auto`` joins it, no address starts a private Ray.
+    Submitted without ``--runtime-env``, a job's workers still get the thread caps."""
+    tmp = tempfile.mkdtemp(prefix="avray-t-")  # short: Ray's socket paths live under it
+    try:
+        Path(tmp, "ray").mkdir()
+        Path(tmp, "ray", "ray_current_cluster").write_text(head_node["gcs"])
+        env = {**_cluster_env(), "RAY_TMPDIR": tmp, "PYTHONPATH": str(ROOT)}
+        res = subprocess.run([sys.executable, "-c", _WHICH_RAY], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-4000:]
+        seen = json.loads(res.stdout.strip().splitlines()[-1])
+        assert seen["auto"] == head_node["gcs"]
+        assert seen["unset"] and seen["unset"] != head_node["gcs"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logs = _submit(head_node, "python", "-c", _SESSION_PROBE, runtime_env=False)
+    assert json.loads(re.search(r"^PROBE (\{.*\})$", logs, re.M).group(1)) == WORKER_ENV
