@@ -310,7 +310,12 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg: ExtractConfig, checked: Plan | None = None) -> dict[str, Any]:
     """Execute the job (Ray must be initialised); returns the summary dict."""
+    from ray.data import DataContext
+
     settled = checked or preflight(cfg)
+    # Called inside another job's Ray session (quickstart, bench-model), this job's own
+    # ray.progress_bars still holds: datasets take the current context when built.
+    DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
     storage.makedirs(cfg.output)
     for sub in (shards.FEATURES_DIR, shards.ERRORS_DIR):
         storage.clean_temp_files(storage.join(cfg.output, sub))
