@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -59,6 +60,9 @@ def test_zero2_two_workers_tracks_registers_and_the_model_loads(
     with local_checkpoint(f"models:/tiny-av/{version.version}", mlflow_server) as path:
         model = av_checkpoint.load(path, load_encoders=False)
     assert model.cfg.llm.mode == "full"
+    # MLflow 3 keeps the checkpoint as a logged model linked to the run; runs:/ finds it too.
+    with local_checkpoint(f"runs:/{run.info.run_id}/model", mlflow_server) as path:
+        assert (Path(path) / "avray.yaml").is_file()
     answer = model.generate([Sample([{"role": "user", "content": "Hello?"}])],
                             GenerateOptions(max_new_tokens=3))
     assert isinstance(answer[0], str)
