@@ -37,6 +37,11 @@ from av_model.configlib import dump_yaml
 log = logging.getLogger(__name__)
 
 
+# Bumped whenever the tiny towers' weights change (2: a Whisper that hears, see
+# _let_the_sound_through), so caches keyed on it never pair new towers with old features.
+TINY_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TinySizes:
     """Dimensions of the tiny towers; small enough for a 2-core CI machine."""
@@ -90,9 +95,27 @@ def save_tiny_whisper(out: Path, sizes: TinySizes, seed: int) -> Path:
                         max_source_positions=positions, max_target_positions=32,
                         pad_token_id=1, bos_token_id=2, eos_token_id=3,
                         decoder_start_token_id=2, suppress_tokens=[], begin_suppress_tokens=[])
-    WhisperModel(cfg).save_pretrained(out)
+    model = WhisperModel(cfg)
+    _let_the_sound_through(model.encoder)
+    model.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=80, chunk_length=sizes.whisper_window_s).save_pretrained(out)
     return out
+
+
+def _let_the_sound_through(encoder: torch.nn.Module) -> None:
+    """Make a random Whisper encoder's output depend on the sound, as a trained one's does.
+
+    With the default init (std 0.02) the two-conv stem shrinks the log-mel ~50x and the
+    fixed sinusoidal positions then carry 99.98 % of the output's variance (measured on the
+    synthetic corpus): every clip encodes nearly alike, and no connector can hear a tone
+    (bench-model answered every audio question with the prior). Variance-preserving convs
+    and positions at 0.1x leave ~35 % of the variance to the sound.
+    """
+    for conv in (encoder.conv1, encoder.conv2):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
+        torch.nn.init.zeros_(conv.bias)
+    with torch.no_grad():
+        encoder.embed_positions.weight.mul_(0.1)
 
 
 def save_tiny_ast(out: Path, sizes: TinySizes, seed: int) -> Path:

@@ -117,7 +117,7 @@ class BenchConfig:
 
 def prepare_data(cfg: BenchConfig) -> dict[str, str]:
     """Tiny encoders, the corpus and its features under ``workdir`` (reused when current)."""
-    from av_model.tiny import save_tiny_models
+    from av_model.tiny import TINY_VERSION, save_tiny_models
     from pipelines import extract_features
     from pipelines.corpora import synthetic
     from av_model.configlib import load_config
@@ -127,8 +127,8 @@ def prepare_data(cfg: BenchConfig) -> dict[str, str]:
     enc = save_tiny_models(enc_dir, seed=cfg.seed)
     # Corpus and features live under a hash of what decides them: a rerun with the same
     # settings reuses them, a changed corpus never meets stale features of its clip ids.
-    key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed, synthetic.PLAN_VERSION],
-                                  sort_keys=True).encode())
+    key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed, synthetic.PLAN_VERSION,
+                                   TINY_VERSION], sort_keys=True).encode())
     data = os.path.join(work, f"data-{key.hexdigest()[:10]}")
     synthetic.generate(cfg.synth, os.path.join(data, "synth"), workers=2)
     manifest = os.path.join(data, "synth", "manifest.jsonl")

@@ -60,6 +60,24 @@ def test_whisper_windows_are_independent_of_batching(whisper):
     assert whisper.frame_rate == 50.0
 
 
+def test_tiny_whisper_hears_the_sound_not_just_the_clock(whisper):
+    """Most of the tiny Whisper's output variance comes from the sound, not from the frame's
+    position (the default random init gave 0.02 %, and bench-model could not hear a tone)."""
+    rng, t = np.random.default_rng(3), np.arange(80000) / 16000
+    clips = []
+    for i in range(12):
+        x = 0.01 * rng.standard_normal(t.size)
+        on = (t > rng.uniform(0.2, 1.0)) & (t < rng.uniform(2.5, 4.0))
+        x[on] += 0.3 * np.sin(2 * np.pi * (262 if i % 2 else 1047) * t[on])
+        clips.append(x.astype(np.float32))
+    feats = np.stack(whisper.encode(clips))                         # (clips, 250, D)
+    total = feats.reshape(-1, feats.shape[-1]).var(0).mean()
+    assert feats.var(0).mean() / total > 0.2    # variance across clips at a fixed frame
+    clip_means = feats.mean(1)
+    gap = np.abs(clip_means[0::2].mean(0) - clip_means[1::2].mean(0)).mean()
+    assert gap > 0.1 * np.sqrt(total)           # high vs low tone, not a rounding error
+
+
 def test_audio_event_encoder_is_time_resolved(tiny_encoders):
     enc = AudioEventEncoder(AudioEventEncoderConfig(tiny_encoders["audio_events"]), device="cpu")
     assert enc.frame_rate == events_frame_rate(tiny_encoders["audio_events"]) == 10.0
