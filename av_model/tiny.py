@@ -106,10 +106,11 @@ def _let_the_sound_through(encoder: torch.nn.Module) -> None:
     """Make a random Whisper encoder's output depend on the sound, as a trained one's does.
 
     With the default init (std 0.02) the two-conv stem shrinks the log-mel ~50x and the
-    fixed sinusoidal positions then carry 99.98 % of the output's variance (measured on the
+    fixed sinusoidal positions then carry 99.985 % of the output's variance (measured on the
     synthetic corpus): every clip encodes nearly alike, and no connector can hear a tone
     (bench-model answered every audio question with the prior). Variance-preserving convs
-    and positions at 0.1x leave ~35 % of the variance to the sound.
+    and positions at 0.1x leave 82 % of the variance to the sound on that corpus
+    (benchmarks/RESULTS.md).
     """
     for conv in (encoder.conv1, encoder.conv2):
         torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")

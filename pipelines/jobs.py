@@ -100,7 +100,8 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
             # Under `ray job submit` the job's own runtime_env (cluster/runtime_env.yaml) is in
             # force and Ray refuses a driver env_var that the job also sets: add only the
             # thread caps the job left out (all of them when --runtime-env was not given).
-            missing = {k: v for k, v in WORKER_ENV.items() if k not in _job_env_vars()}
+            job_env = _job_env_vars()
+            missing = {k: v for k, v in WORKER_ENV.items() if k not in job_env}
             ray.init(address=address or "auto",
                      runtime_env={"env_vars": missing} if missing else None)
         elif address:

@@ -90,6 +90,14 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _printed_curl(howto: str) -> str:
     """The curl command the how-to prints (a line and its backslash continuation)."""
     lines = howto.splitlines()
@@ -154,14 +162,6 @@ def test_quickstart_end_to_end_keeps_serving_until_ctrl_c(tmp_path):
     assert summary["qa"]["video"].endswith(".mp4") and isinstance(summary["qa"]["answer"], str)
     assert f"-m mlflow ui --backend-store-uri {uri}" in howto
     assert not (tmp_path / "mlruns").exists() and not (ROOT / "mlruns").exists()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_how_to_without_keep_serving_starts_an_endpoint_on_8000(tmp_path):

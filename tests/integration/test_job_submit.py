@@ -329,7 +329,6 @@ def test_submit_extract_then_train(head_node, tiny_encoders, tmp_path):
     _check_training(runs, "submitted", steps)
 
 
-
 _WHICH_RAY = """
 import json, ray
 from pipelines.jobs import RayConfig, ray_session
