@@ -149,6 +149,11 @@ class ConnectorConfig:
     # linear: the first visual token of a frame is [CLS] (only with token_mode all or cls;
     # set false for towers without one, e.g. SigLIP).
     visual_cls: bool = True
+    # rms: RMS-normalise every output token, with a learned gain that starts at the LLM's
+    # input-embedding RMS, so media tokens start at the scale of text tokens (see
+    # connectors/base.py OutputNorm). none: the raw projection, as the released FAVOR /
+    # video-SALMONN / Audio-Visual LLM weights expect.
+    output_norm: Literal["none", "rms"] = "none"
 
     @property
     def uses_causal(self) -> bool:

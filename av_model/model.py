@@ -127,7 +127,9 @@ class AVModel(nn.Module):
                                                   or cfg.llm.name_or_path)
         processor = AVProcessor(tokenizer, cfg.llm)  # adds the modality tokens first
         llm = build_llm(cfg.llm, processor.tokenizer, path=llm_path, adapter_path=adapter_path)
-        connector = build_connector(cfg, llm.get_input_embeddings().embedding_dim)
+        table = llm.get_input_embeddings().weight                    # (V, D)
+        rms = embedding_rms(table) if cfg.connector.output_norm == "rms" else 1.0
+        connector = build_connector(cfg, table.shape[1], rms)
         encoders = AVEncoders(cfg.encoders, device="cpu") if load_encoders else None
         if encoders is not None and encoders.dims() != cfg.dims:
             raise ConfigError("dims", f"{cfg.dims} does not match the encoders' "
@@ -291,6 +293,15 @@ class AVModel(nn.Module):
         if options.stop:
             kw.update(stop_strings=list(options.stop))
         return GenerationConfig(**kw)
+
+
+def embedding_rms(table: Tensor) -> float:
+    """RMS of the rows of an embedding table that are in use (the modality placeholders
+    added by ``load_base`` are zero and would pull the figure down)."""
+    with torch.no_grad():
+        rows = table.float()
+        rows = rows[rows.abs().sum(dim=1) > 0]                      # (V', D)
+        return float(rows.pow(2).mean().sqrt()) if rows.numel() else 1.0
 
 
 def _until_end(row: list[int], eos: set[int], pad: int | None) -> tuple[list[int], bool]:

@@ -27,8 +27,37 @@ class ConnectorOutput:
     aux_loss: Tensor  # () scalar auxiliary loss (e.g. diversity); 0 when unused
 
 
+class OutputNorm(nn.Module):
+    """RMS-normalise each output token, then a learned per-dim gain that starts at the LLM's
+    input-embedding RMS.
+
+    Why: a freshly initialised projection emits tokens tens of times larger than text
+    embeddings (a Q-Former's LayerNormed output through ``nn.Linear``: std ~1 against 0.02
+    for the tiny LLM's table), and a small LLM then learns to read the media tokens slowly or
+    not at all (benchmarks/RESULTS.md, bench-model). Padding (all-zero) tokens stay zero.
+    """
+
+    def __init__(self, dim: int, init_rms: float, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        with torch.no_grad():
+            self.norm.weight.fill_(init_rms)
+
+    def forward(self, embeds: Tensor) -> Tensor:
+        return self.norm(embeds)                                     # (B, N, D)
+
+
 class Connector(nn.Module, abc.ABC):
-    """Abstract base: subclasses implement ``forward`` and ``tokens_for``."""
+    """Abstract base: subclasses implement ``forward`` and ``tokens_for``, and pass their
+    embeddings through ``finish`` (the optional ``OutputNorm`` the factory attaches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_norm: OutputNorm | None = None
+
+    def finish(self, embeds: Tensor) -> Tensor:
+        """Embeddings (B, N, D) as the LLM gets them: normalised when configured."""
+        return embeds if self.out_norm is None else self.out_norm(embeds)
 
     @abc.abstractmethod
     def forward(self, batch: SyncedBatch) -> ConnectorOutput:

@@ -6,7 +6,7 @@ import math
 
 from av_model.config import ConnectorConfig, FeatureDims, ModelConfig
 from av_model.configlib import ConfigError
-from av_model.connectors.base import Connector
+from av_model.connectors.base import Connector, OutputNorm
 from av_model.connectors.linear import LinearConfig, LinearConnector
 from av_model.connectors.mrc import MultiResQFormer
 from av_model.connectors.qformer import QFormerConfig, WindowedQFormer
@@ -27,7 +27,16 @@ def qformer_config(c: ConnectorConfig, dims: FeatureDims, fps: float,
         diversity_weight=c.diversity_weight)
 
 
-def build_connector(cfg: ModelConfig, llm_dim: int) -> Connector:
+def build_connector(cfg: ModelConfig, llm_dim: int, embed_rms: float = 1.0) -> Connector:
+    """The connector for ``cfg``; ``embed_rms`` (the LLM's input-embedding RMS) starts the
+    gain of ``output_norm: rms`` (a checkpoint's saved gain replaces it on load)."""
+    connector = _build(cfg, llm_dim)
+    if cfg.connector.output_norm == "rms":
+        connector.out_norm = OutputNorm(llm_dim, embed_rms)
+    return connector
+
+
+def _build(cfg: ModelConfig, llm_dim: int) -> Connector:
     dims, c = cfg.dims, cfg.connector
     if not dims.resolved:
         raise ConfigError("dims", "feature sizes are unresolved; fill them from the encoders "

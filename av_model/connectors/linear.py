@@ -81,4 +81,4 @@ class LinearConnector(Connector):
         per_slot = torch.stack([temporal, audio], dim=2).reshape(b, 2 * s, d)  # (B, S, 2, D) -> (B, 2S, D)
         embeds = torch.cat([spatial, per_slot], dim=1)               # (B, P + 2S, D)
         lengths = cfg.spatial_tokens + 2 * batch.num_slots.to(embeds.device)
-        return ConnectorOutput(embeds, lengths, embeds.new_zeros(()))
+        return ConnectorOutput(self.finish(embeds), lengths, embeds.new_zeros(()))

@@ -18,7 +18,8 @@ The forward pass, on slot-aligned features (``SyncedBatch``, ``L`` positions per
    c. cross-attention from the queries to the causal module's output;
    d. a feed-forward block;
 4. the query outputs of every resolution, concatenated on the feature dim, projected to the
-   LLM width; windows past a sample's end are zeroed.
+   LLM width; windows past a sample's end are zeroed; optionally RMS-normalised to the LLM's
+   embedding scale (``connector.output_norm``, off for the released models' weights).
 
 Mask direction. Default (``causal_compat=False``): a token of slot ``j`` attends to tokens of
 slots ``<= j`` -- itself and earlier frames, as the paper describes -- and never to padding.
@@ -286,7 +287,7 @@ class WindowedQFormer(Connector):
                                device=x.device)
         embeds = embeds * (torch.arange(n_out, device=x.device)[None] < lengths[:, None])[..., None]
         aux = cfg.diversity_weight * torch.stack(sims).mean() if sims else embeds.new_zeros(())
-        return ConnectorOutput(embeds, lengths, aux)
+        return ConnectorOutput(self.finish(embeds), lengths, aux)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -211,6 +211,43 @@ def test_connector_kind_defaults(tiny_encoders):
     assert not build_connector(pooled, 64).cfg.visual_cls
 
 
+@pytest.mark.parametrize("kind", ["causal_qformer", "linear"])
+def test_output_norm_starts_media_tokens_at_the_text_scale(tiny_encoders, tmp_path, kind):
+    from av_model.model import embedding_rms
+    from av_model.sync import synchronise
+
+    torch.manual_seed(0)
+    plain = AVModel.build(tiny_config(tiny_encoders, kind), load_encoders=False)
+    assert not any("out_norm" in k for k in plain.connector.state_dict())  # released layout
+    model = AVModel.build(tiny_config(tiny_encoders, kind, output_norm="rms"),
+                          load_encoders=False)
+    text_rms = embedding_rms(model.llm.get_input_embeddings().weight)
+    assert 0.005 < text_rms < 0.1
+    v, a = features()
+    dims = model.cfg.dims
+    synced = synchronise([v, None], [a, a[:60]], fps=model.cfg.encoders.fps,
+                         audio_rate=dims.audio_rate, video_dim=dims.video_dim,
+                         audio_dim=dims.audio_dim, num_visual_tokens=dims.video_tokens)
+    out, raw = model.connector(synced), plain.connector(synced)
+    n = int(out.lengths[1])
+    assert n < out.embeds.shape[1] and torch.all(out.embeds[1, n:] == 0)  # padding stays 0
+    for emb, ref, length in zip(out.embeds, raw.embeds, out.lengths):
+        live = ref[:int(length)].abs().sum(-1) > 0   # linear: an absent modality's token is 0
+        rms = emb[:int(length)].pow(2).mean(-1).sqrt()                # (N,)
+        assert live.sum() >= 3 and torch.all(rms[~live] == 0)
+        torch.testing.assert_close(rms[live], torch.full_like(rms[live], text_rms),
+                                   rtol=1e-3, atol=0)
+    assert raw.embeds[0, :int(raw.lengths[0])].pow(2).mean().sqrt() > 5 * text_rms
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**model.collate(_samples())).loss.backward()
+    opt.step()
+    gain = model.connector.out_norm.norm.weight.detach().clone()
+    assert not torch.allclose(gain, torch.full_like(gain, text_rms))
+    checkpoint.save(model, tmp_path / "ckpt")
+    again = checkpoint.load(tmp_path / "ckpt", load_encoders=False)
+    assert torch.equal(again.connector.out_norm.norm.weight, gain)  # the trained gain, not init
+
+
 def test_answer_only_loss_matches_plain_cross_entropy():
     from av_model.losses import causal_lm_loss
 
