@@ -87,6 +87,11 @@ class BenchConfig:
     # connector.output_norm of every run: rms starts media tokens at the text tokens' scale
     # (none: the raw projection; see benchmarks/RESULTS.md for both).
     output_norm: str = "rms"
+    # data.turns: all = a clip's questions as one conversation (six answers per sample);
+    # one = one question per sample, as evaluation asks them. In one conversation the
+    # questions give each other's answers away (the order question names every shape's
+    # colour), but at 1500 steps "one" learnt nothing but the prior (benchmarks/RESULTS.md).
+    turns: str = "all"
     seed: int = 0
     parallel: int = 2             # training runs at once (one CPU each)
     eval_batch_size: int = 16
@@ -104,6 +109,7 @@ class BenchConfig:
         check(self.steps > 0 and self.batch_size > 0, "steps", "steps and batch_size > 0")
         check(self.llm_mode in ("full", "lora"), "llm_mode", "full or lora")
         check(self.output_norm in ("none", "rms"), "output_norm", "none or rms")
+        check(self.turns in ("all", "one"), "turns", "all or one")
         check(self.parallel >= 1, "parallel", "must be >= 1")
         check(self.log_every >= 1, "log_every", "must be >= 1")
         check(self.synth.split_fractions.get("test", 0) > 0 and
@@ -164,7 +170,8 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainC
            "audio_only": 1.0 if spec.modalities == ("audio",) else 0.0}
     return from_dict(TrainConfig, {
         "name": spec.name, "stage": "instruct", "model": to_dict(model),
-        "data": {"features": paths["features"], "batch_size": cfg.batch_size, **mix},
+        "data": {"features": paths["features"], "batch_size": cfg.batch_size,
+                 "turns": cfg.turns, **mix},
         "optim": {"max_steps": cfg.steps, "lr": cfg.lr,
                   "warmup_steps": min(10, cfg.steps // 5)},
         "deepspeed": {"enabled": False},

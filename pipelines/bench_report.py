@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 FAMILIES = ("vision", "audio", "sync", "order", "speech")
 SECTION_BEGIN, SECTION_END = "<!-- bench-model:begin -->", "<!-- bench-model:end -->"
+TURNS = {"one": "one random question of the clip per sample",
+         "all": "all of a clip's questions as one conversation"}
 EXPERIMENT = "avray-bench-model"   # MLflow experiment unless tracking.experiment is set
 
 
@@ -80,8 +82,9 @@ def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
         f"{s.min_shapes}–{s.max_shapes} shapes, split {s.split_fractions}; every well-posed "
         "question of each test clip is asked",
         f"- training: tiny encoders' stored features, tiny {cfg.llm_mode} LLM, {cfg.steps} "
-        f"steps × {cfg.batch_size} clips (all of a clip's questions as one conversation), "
-        f"lr {cfg.lr:g}, one CPU thread per run, {cfg.parallel} runs at a time",
+        f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}), connector output norm "
+        f"{cfg.output_norm}, lr {cfg.lr:g}, one CPU thread per run, {cfg.parallel} runs at "
+        "a time",
         "- evaluation: greedy answers (≤ %d tokens), accuracy after answer normalisation"
         % cfg.max_tokens, "",
         table(results), "",

@@ -42,6 +42,11 @@ class DataConfig:
     unpaired_target: Literal["concat", "video"] = "concat"
     caption_prompt: str = "Describe what you see and hear in the clip."
     use_conversations: bool = True  # train on a row's conversations when it has them
+    # all: a row's whole conversation is one sample. one: each visit trains one exchange
+    # (user turn + its answer) drawn at random, for QA sets whose questions give each other's
+    # answers away ("Which appeared first, the red circle or the blue square?" answers "What
+    # colour is the circle?") or that are evaluated one question at a time.
+    turns: Literal["all", "one"] = "all"
     use_captions: bool = True       # ... else on its caption
     shuffle_seed: int | None = 0    # local shuffle of rows per epoch (None = file order)
     # Hold the (filtered) shards in the object store instead of re-reading them every

@@ -40,6 +40,20 @@ def _turns(raw: Any) -> list[dict[str, str]]:
     return [{"role": str(t["role"]), "content": str(t["content"])} for t in list(raw)]
 
 
+def one_exchange(turns: list[dict[str, str]], rng: np.random.Generator) -> list[dict[str, str]]:
+    """A random user turn with its answer, after any system turns. The media placeholder
+    need not come along: the processor puts the sample's modality token before the first
+    user turn when no turn names it, as the corpora write it ("<AUD_VIS>\n...")."""
+    system = [t for t in turns if t["role"] == "system"]
+    rest = [t for t in turns if t["role"] != "system"]
+    pairs = [k for k in range(len(rest) - 1)
+             if rest[k]["role"] == "user" and rest[k + 1]["role"] == "assistant"]
+    if len(pairs) <= 1:
+        return turns
+    k = pairs[int(rng.integers(len(pairs)))]
+    return system + [dict(rest[k]), dict(rest[k + 1])]
+
+
 def _column(batch: dict[str, Any], name: str, n: int) -> list[Any]:
     return list(batch[name]) if name in batch else [None] * n
 
@@ -69,6 +83,8 @@ class Collator:
         """(sample, caption when it is the target, clip has audio), None if unsupervised."""
         v = tensor_or_none(video)
         turns = _turns(conversations) if self.cfg.use_conversations else []
+        if self.cfg.turns == "one":
+            turns = one_exchange(turns, self.rng)
         cap = None
         if not turns and self.cfg.use_captions and caption:
             cap = str(caption)

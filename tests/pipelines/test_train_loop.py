@@ -102,3 +102,34 @@ def test_collator_modality_mix_unpaired_audio_and_unsupervised_rows(tiny_encoder
     assert empty["num_samples"] == 0 and (empty["labels"] == -100).all()
     assert model(**{k: empty[k] for k in ("input_ids", "attention_mask", "labels", "video",
                                           "audio", "image")}).loss.item() == 0.0
+
+
+def test_collator_turns_one_trains_one_exchange_with_its_media(tiny_encoders):
+    from pipelines.train_data import one_exchange
+
+    convo = [{"role": "system", "content": "Be brief."},
+             {"role": "user", "content": "<AUD_VIS>\nWhich appeared first, the red circle or "
+                                         "the blue square?"},
+             {"role": "assistant", "content": "the red circle"},
+             {"role": "user", "content": "What colour is the circle?"},
+             {"role": "assistant", "content": "red"},
+             {"role": "user", "content": "Is the tone high or low?"},
+             {"role": "assistant", "content": "low"}]
+    rng = np.random.default_rng(0)
+    picks = [one_exchange(convo, rng) for _ in range(60)]
+    assert all(len(p) == 3 and p[0] == convo[0] and p[1]["role"] == "user" for p in picks)
+    assert {p[2]["content"] for p in picks} == {"the red circle", "red", "low"}
+    assert all(convo.index(p[2]) == convo.index(p[1]) + 1 for p in picks)  # its own answer
+    assert one_exchange(convo[1:3], rng) == convo[1:3]
+
+    cfg = train_config(tiny_encoders)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    rows = [dict(r, conversations=convo[1:]) for r in colour_rows(8)]
+    one = Collator(model, DataConfig(features="x", turns="one"), seed=0)
+    batch = one(next(iterate_rows(rows, 8)))
+    texts = [model.tokenizer.decode(ids) for ids in batch["input_ids"]]
+    assert all(t.count("USER: <AUD_VIS>") == 1 and t.count("ASSISTANT:") == 1 for t in texts)
+    assert len({s.turns[-1]["content"] for s in batch["samples"]}) > 1
+    whole = Collator(model, DataConfig(features="x"), seed=0)(next(iterate_rows(rows, 8)))
+    assert all(model.tokenizer.decode(ids).count("ASSISTANT:") == 3
+               for ids in whole["input_ids"])
