@@ -17,8 +17,19 @@ and ``--decoders`` decoder replicas, autoscaling off: the comparison is of one m
 and on one GPU gpu.yaml's autoscaled generators (0.7 GPU each) would not fit.
 Concurrency levels run closed-loop (each of N client threads sends its next request when
 the previous one returns) for ``--requests`` requests per level (at least 4 per thread).
-Serve's overhead is the HTTP p50 at concurrency 1 on the unbatched app minus the direct
-call's p50; the batched app's p50 also includes the batch window it waits by design.
+Serve's overhead is measured twice on the unbatched app. First, the HTTP p50 at concurrency
+1 minus the p50 of the direct calls made before Ray started. Second, paired: ``--pairs``
+direct and HTTP calls alternate (the predictor stays loaded in this process), and the
+overhead is the median per-pair difference. On a shared host whose speed drifts between
+phases the paired figure is the one to trust. The batched app's p50 also includes the
+batch window it waits by design.
+
+Both apps run in each ``--modes`` entry, each on a Ray of its own (Ray reads the mode when
+its processes start):
+
+  proxy           the default deployment: clients → Serve's HTTP proxy → ChatIngress → ...
+  direct-ingress  ``http.direct_port``: Serve's throughput-optimized mode; ChatIngress
+                  serves HTTP itself and replicas call each other over gRPC
 
     python -m benchmarks.serve [--tokens 16] [--batch-wait 0.1] [--requests 96] [--json out.json]
     python -m benchmarks.serve --preset small-qwen0.5b \
@@ -32,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import logging
 import os
 import platform
@@ -170,7 +180,11 @@ def _http_caller(url: str, body: dict):
     return call
 
 
-def _serve_levels(cfg, body: dict, levels: list[int], per_level: int) -> list[dict]:
+def _serve_levels(cfg, body: dict, levels: list[int], per_level: int,
+                  direct=None, pairs: int = 0) -> tuple[list[dict], dict | None]:
+    """The closed-loop rows, and with ``direct`` (the in-process predictor call) the paired
+    overhead: ``pairs`` alternating direct and HTTP calls, so both see the same moment of
+    a noisy shared host; the overhead is the median of the per-pair differences."""
     from ray import serve
 
     from pipelines import serve as serve_job
@@ -184,8 +198,20 @@ def _serve_levels(cfg, body: dict, levels: list[int], per_level: int) -> list[di
     for c in levels:
         rows.append(_closed_loop(call, c, max(per_level, 4 * c)))
         log.info("%s: %s", cfg.app_name, rows[-1])
+    paired = None
+    if direct is not None and pairs:
+        d, h = [], []
+        for _ in range(pairs):
+            for fn, out in ((direct, d), (call, h)):
+                t0 = time.perf_counter()
+                fn()
+                out.append(1000 * (time.perf_counter() - t0))
+        paired = {"pairs": pairs, "direct_p50_ms": statistics.median(d),
+                  "http_p50_ms": statistics.median(h),
+                  "overhead_p50_ms": statistics.median(b - a for a, b in zip(d, h))}
+        log.info("%s paired: %s", cfg.app_name, paired)
     serve.delete(cfg.app_name)
-    return rows
+    return rows, paired
 
 
 def _overrides(args, ckpt: str, clip: str, port: int, name: str, batch: int) -> list[str]:
@@ -222,8 +248,9 @@ def _check_fits(cfg, ray_cpus: int) -> None:
                          f"CPUs and this machine has {have} GPUs (see --decoders, --set)")
 
 
-def _direct(cfg, body: dict, calls: int) -> tuple[list[float], dict]:
-    """AVPredictor.chat latencies in this process, and what the model ran on."""
+def _direct(cfg, body: dict, calls: int) -> tuple[list[float], dict, object]:
+    """AVPredictor.chat latencies in this process, what the model ran on, and the call
+    (kept for the paired overhead measurement)."""
     import torch
 
     from pipelines.serve_predictor import AVPredictor
@@ -245,11 +272,7 @@ def _direct(cfg, body: dict, calls: int) -> tuple[list[float], dict]:
         t0 = time.perf_counter()
         pred.chat([body])
         times.append(time.perf_counter() - t0)
-    del pred, model
-    gc.collect()
-    if torch.cuda.is_available():  # give the replicas the memory back
-        torch.cuda.empty_cache()
-    return times, info
+    return times, info, lambda: pred.chat([body])
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -267,12 +290,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait", type=float, default=0.1)
     p.add_argument("--direct-calls", type=int, default=50)
+    p.add_argument("--pairs", type=int, default=60,
+                   help="alternating direct/HTTP calls for the paired overhead (0: skip)")
     p.add_argument("--decoders", type=int, default=1, help="decoder replicas (fixed)")
     p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra serve-config override, applied last (repeatable)")
+    p.add_argument("--modes", default="proxy,direct-ingress",
+                   help="proxy: Serve's HTTP proxy in front (the default deployment); "
+                        "direct-ingress: http.direct_port, Serve's throughput-optimized mode")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if not set(args.modes.split(",")) <= {"proxy", "direct-ingress"}:
+        p.error(f"--modes: proxy and/or direct-ingress, not {args.modes}")
     if args.clip and not os.path.isfile(args.clip):
         p.error(f"--clip: no file {args.clip}")
     if args.dtype is None and args.preset != "tiny":
@@ -289,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from av_model.configlib import load_config, to_dict
     from pipelines import jobs
+    from pipelines import serve as serve_job
     from pipelines.serve_config import ServeConfig
 
     levels = [int(x) for x in args.levels.split(",")]
@@ -298,27 +329,38 @@ def main(argv: list[str] | None = None) -> dict:
         body = _body(clip, args.tokens)
         port = jobs.free_port()
 
-        def config(name: str, batch: int) -> ServeConfig:
+        def config(name: str, batch: int, extra: tuple[str, ...] = ()) -> ServeConfig:
             return load_config(ServeConfig, args.config,
-                               _overrides(args, ckpt, clip, port, name, batch))
+                               [*_overrides(args, ckpt, clip, port, name, batch), *extra])
 
         served = config("batched", args.max_batch)
         _check_fits(served, args.ray_cpus)
-        direct, info = _direct(config("direct", 1), body, args.direct_calls)  # alone first
+        direct, info, direct_call = _direct(config("direct", 1), body, args.direct_calls)
 
         # The checkout first, then whatever the driver's PYTHONPATH carries (packages).
         path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}})
-        try:
-            unbatched = _serve_levels(config("unbatched", 1), body, levels, args.requests)
-            batched = _serve_levels(served, body, levels, args.requests)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        modes = {}
+        for mode in args.modes.split(","):
+            # direct-ingress: Serve's throughput-optimized mode, which Ray reads when its processes
+            # start, so each mode gets a Ray of its own.
+            extra = ([f"http.direct_port={serve_job.free_direct_port(port)}"]
+                     if mode == "direct-ingress" else [])
+            unbatched_cfg = config("unbatched", 1, extra)
+            ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": path,
+                                               **serve_job.ray_env(unbatched_cfg)}})
+            try:
+                unbatched, paired = _serve_levels(unbatched_cfg, body, levels, args.requests,
+                                                  direct_call, args.pairs)
+                batched, _ = _serve_levels(config("batched", args.max_batch, extra), body,
+                                           levels, args.requests)
+            finally:
+                serve.shutdown()
+                ray.shutdown()
+            modes[mode] = {**_mode_report(unbatched, batched, direct, levels), "paired": paired}
 
     direct_p50 = 1000 * statistics.median(direct)
-    by = {r["concurrency"]: r for r in unbatched}
+    first = modes[next(iter(modes))]
     report = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Ray {args.ray_cpus} CPUs, "
                    f"torch threads {served.torch_threads} per replica",
@@ -328,12 +370,23 @@ def main(argv: list[str] | None = None) -> dict:
         "deployments": to_dict(served.deployments),
         "direct_p50_ms": direct_p50,
         "direct_p95_ms": 1000 * _percentile(direct, 0.95),
-        "serve_overhead_p50_ms": by[levels[0]]["p50_ms"] - direct_p50,
-        "unbatched": unbatched, "batched": batched,
-        "batching_speedup": {r["concurrency"]: r["req_per_s"] / by[r["concurrency"]]["req_per_s"]
-                             for r in batched},
+        # the first mode's figures at the top level, as before --modes existed
+        "serve_overhead_p50_ms": first["serve_overhead_p50_ms"],
+        "unbatched": first["unbatched"], "batched": first["batched"],
+        "batching_speedup": first["batching_speedup"],
+        "modes": modes,
     }
     return emit(report, args.json)
+
+
+def _mode_report(unbatched: list[dict], batched: list[dict], direct: list[float],
+                 levels: list[int]) -> dict:
+    """One serving mode's rows, its overhead over the direct call and batching's gain."""
+    by = {r["concurrency"]: r for r in unbatched}
+    return {"serve_overhead_p50_ms": by[levels[0]]["p50_ms"] - 1000 * statistics.median(direct),
+            "unbatched": unbatched, "batched": batched,
+            "batching_speedup": {r["concurrency"]: r["req_per_s"] / by[r["concurrency"]][
+                "req_per_s"] for r in batched}}
 
 
 if __name__ == "__main__":

@@ -86,29 +86,34 @@ def checked(fn: Callable[[T], R], cfg: T) -> R:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[None]:
+def ray_session(cfg: RayConfig, env: dict[str, str] | None = None) -> Iterator[None]:
     """Use Ray as ``cfg.address`` / RAY_ADDRESS / ``ray job submit`` say, else start a
-    private local Ray (shut down on leaving); an already initialised Ray is used as it is."""
+    private local Ray (shut down on leaving); an already initialised Ray is used as it is.
+
+    ``env`` goes into the job's runtime env beside the thread caps: the workers and actors
+    this job starts see it (Serve's controller and replicas included, when this job starts
+    Serve)."""
     import ray
     from ray.data import DataContext
 
     started = False
+    wanted = {**WORKER_ENV, **(env or {})}
     if not ray.is_initialized():
-        env = {"env_vars": {**WORKER_ENV, **_pythonpath()}}
+        runtime_env = {"env_vars": {**wanted, **_pythonpath()}}
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if _JOB_CONFIG_ENV in os.environ:
             # Under `ray job submit` the job's own runtime_env (cluster/runtime_env.yaml) is in
             # force and Ray refuses a driver env_var that the job also sets: add only the
-            # thread caps the job left out (all of them when --runtime-env was not given).
+            # variables the job left out (all of them when --runtime-env was not given).
             job_env = _job_env_vars()
-            missing = {k: v for k, v in WORKER_ENV.items() if k not in job_env}
+            missing = {k: v for k, v in wanted.items() if k not in job_env}
             ray.init(address=address or "auto",
                      runtime_env={"env_vars": missing} if missing else None)
         elif address:
-            ray.init(address=address, runtime_env=env, log_to_driver=True)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
             ray.init(address="local", num_cpus=cfg.num_cpus,
-                     include_dashboard=cfg.include_dashboard, runtime_env=env)
+                     include_dashboard=cfg.include_dashboard, runtime_env=runtime_env)
         started = True
     DataContext.get_current().enable_progress_bars = cfg.progress_bars
     try:

@@ -42,7 +42,7 @@ from av_model.model import Generation
 from pipelines import jobs
 from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, chunk_body,
                                  completion_body, completion_id, models_body, usage)
-from pipelines.serve_config import ServeConfig
+from pipelines.serve_config import DIRECT_PORTS, ServeConfig
 from pipelines.serve_media import DecodedMedia
 from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
                                        attach, media_resolver, model_config, plan, replica_setup)
@@ -287,15 +287,75 @@ def build_app(args: dict[str, Any]):
     return app_for(serve_config_from_args(args))
 
 
+def ray_env(cfg: ServeConfig) -> dict[str, str]:
+    """The environment Ray's processes need for ``http.direct_port`` (Ray Serve's
+    throughput-optimized mode with direct ingress from that port); empty without it."""
+    if cfg.http.direct_port is None:
+        return {}
+    first = cfg.http.direct_port
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORTS)}
+
+
+def free_direct_port(proxy_port: int) -> int:
+    """A free first direct-ingress port whose range leaves ``proxy_port`` alone (tests,
+    benchmarks and demos on one machine)."""
+    while True:
+        port = jobs.free_port()
+        if not port <= proxy_port < port + DIRECT_PORTS and port <= 65535 - DIRECT_PORTS:
+            return port
+
+
 def start(cfg: ServeConfig) -> str:
-    """Start Serve's HTTP proxy (loopback unless configured) and the app; returns its URL."""
+    """Start Serve's HTTP proxy (loopback unless configured) and the app; returns its URL:
+    the first ingress replica's own server with ``http.direct_port``, else the proxy's."""
     preflight(cfg)
     # Our own per-request timeout answers first with an OpenAI error; the proxy's is a backstop.
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port,
                               "request_timeout_s": cfg.http.request_timeout_s + 10})
     serve.run(app_for(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     prefix = cfg.route_prefix.rstrip("/")
-    return f"http://{cfg.http.host}:{cfg.http.port}{prefix}"
+    if cfg.http.direct_port is None:
+        return f"http://{cfg.http.host}:{cfg.http.port}{prefix}"
+    return _direct_url(cfg, prefix)
+
+
+def _direct_url(cfg: ServeConfig, prefix: str, wait_s: float = 30.0) -> str:
+    """The first direct-ingress URL of the app, once its /healthz answers.
+
+    The port comes from Serve's controller (its target groups: what a load balancer in
+    front of direct ingress reads): a redeployed app's replica takes the next port while
+    the old one is quarantined. No target in our range means Ray's processes started
+    without ``ray_env(cfg)`` (a cluster's nodes need it)."""
+    import urllib.request
+
+    import ray
+    from ray.serve.context import _get_global_client
+
+    first, last = cfg.http.direct_port, cfg.http.direct_port + DIRECT_PORTS
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + wait_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(cfg.app_name))
+        ports = sorted(t.port for g in groups if getattr(g.protocol, "value", g.protocol) == "HTTP"
+                       for t in g.targets if first <= t.port < last)
+        host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+        url = f"http://{host}:{ports[0]}{prefix}" if ports else None
+        try:
+            if url:
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                    if json.load(r).get("model") == cfg.served_name:
+                        return url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"http.direct_port: the app {cfg.app_name!r} has no direct-ingress server "
+                f"answering in {first}..{last - 1}; Ray's processes must start with "
+                f"{sorted(ray_env(cfg))} set (a Ray that `python -m pipelines.serve` starts "
+                "gets them; a cluster's nodes need them)")
+        time.sleep(0.5)
 
 
 def preflight(cfg: ServeConfig) -> None:
@@ -312,7 +372,7 @@ def preflight(cfg: ServeConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg = jobs.parse_job_config(ServeConfig, argv, __doc__)
     jobs.checked(preflight, cfg)
-    with jobs.ray_session(cfg.ray):
+    with jobs.ray_session(cfg.ray, env=ray_env(cfg)):
         url = start(cfg)
         log.info("serving %s at %s/v1 (Ctrl-C stops)", cfg.served_name, url)
         try:

@@ -13,6 +13,7 @@ from av_model.configlib import ConfigError, check
 from pipelines.jobs import RayConfig
 
 MiB = 1 << 20
+DIRECT_PORTS = 64   # direct-ingress ports per node, from http.direct_port up
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,33 @@ class DeploymentsConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """Where the HTTP proxy listens; loopback unless you say otherwise."""
+    """Where the HTTP proxy listens; loopback unless you say otherwise.
+
+    ``direct_port`` turns on Ray Serve's throughput-optimized mode, for when latency matters:
+    on a small model the proxy hop and Serve's per-replica threads cost more than the forward
+    pass (benchmarks/RESULTS.md). Replicas call each other over gRPC, user code runs on the
+    replica's own event loop, and each ingress replica serves HTTP itself (direct ingress)
+    on the first free port from ``direct_port`` up, at ``host``. The proxy on ``port`` stays
+    as a fallback. These are Ray-wide settings read when Ray's processes start: a Ray that
+    the job starts gets them from :func:`pipelines.serve.ray_env`; a cluster needs them in
+    its nodes' environment (cluster/serve_config.yaml says which). Keep the range clear of
+    Ray's worker ports (``ray start --min-worker-port``, 10002..19999 by default).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     request_timeout_s: float = 300.0   # one chat completion, end to end (504 after)
+    direct_port: int | None = None     # first direct-ingress port; None = proxy only
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "port", "must be in 0..65535")
         check(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
+        if self.direct_port is not None:
+            check(1024 <= self.direct_port <= 65535 - DIRECT_PORTS, "direct_port",
+                  f"must be in 1024..{65535 - DIRECT_PORTS}")
+            last = self.direct_port + DIRECT_PORTS - 1
+            check(not self.direct_port <= self.port <= last, "direct_port",
+                  f"its range {self.direct_port}..{last} holds the proxy's port {self.port}")
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,61 @@ def test_registered_model_and_s3_media(trained_tiny, synth_features, server, mlf
         assert missing.json()["error"]["code"] == "media_not_found"
     finally:
         serve.delete("registry")
+
+
+def test_direct_ingress_mode_serves_the_same_api(trained_tiny, synth_features, tmp_path):
+    """`python -m pipelines.serve ... http.direct_port=P` as users run it: its own Ray with
+    Serve's throughput-optimized mode; the ingress replica answers on P itself (gRPC between
+    replicas, no proxy hop), with the same answers, streaming and 4xx errors."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from openai import OpenAI
+
+    proxy = free_port()
+    direct = serve_job.free_direct_port(proxy)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(ROOT), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="1")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.serve", "--config", CPU,
+             f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av",
+             f"media.allowed_root={synth_features['root']}", f"http.port={proxy}",
+             f"http.direct_port={direct}", "ray.num_cpus=2"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{direct}"
+    try:
+        deadline = time.monotonic() + 240
+        while "serving tiny-av at" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        assert f"serving tiny-av at {url}/v1" in log.read_text()
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        clips = _clips(synth_features, trained_tiny)
+        kw = dict(model="tiny-av", temperature=0, max_tokens=8,
+                  messages=_video_msg(clips[0]["uri"], clips[0]["question"]))
+        assert client.chat.completions.create(**kw).choices[0].message.content == \
+            clips[0]["answer"]
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            clips[0]["answer"]
+        refused = _post({"url": url}, {"model": "tiny-av", "messages": _video_msg(
+            "file:///etc/passwd", "?")})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "url_not_allowed"
+        assert _post({"url": url}, None, b'{"model": ').status_code == 400
+        text = client.chat.completions.create(model="tiny-av", max_tokens=3, messages=[
+            {"role": "user", "content": "still there?"}])
+        assert text.usage.completion_tokens > 0
+        # the proxy stays up as a fallback route to the same app
+        assert requests.get(f"http://127.0.0.1:{proxy}/healthz").json()["model"] == "tiny-av"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

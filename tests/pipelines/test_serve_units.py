@@ -189,6 +189,7 @@ def test_lora_checkpoint_served_merged_answers_as_unmerged(tiny_encoders, tmp_pa
     ("deployments.generator.autoscaling.max_replicass=3", "deployments.generator.autoscaling"),
     ("media.allowed_root=/nonexistent/media", "media.allowed_root"),
     ("http.port=70000", "http.port"),
+    ("http.direct_port=7990", "http.direct_port"),   # its 64 ports hold the proxy's 8000
 ])
 def test_bad_serve_config_fails_before_ray_naming_the_field(override, field, tmp_path, capsys):
     from pipelines import serve
