@@ -27,9 +27,11 @@ batch window it waits by design.
 Both apps run in each ``--modes`` entry, each on a Ray of its own (Ray reads the mode when
 its processes start):
 
-  proxy           the default deployment: clients → Serve's HTTP proxy → ChatIngress → ...
+  proxy           the config as it is: clients → Serve's HTTP proxy → ChatIngress → ...
   direct-ingress  ``http.direct_port``: Serve's throughput-optimized mode; ChatIngress
                   serves HTTP itself and replicas call each other over gRPC
+  direct-fused    that, and ``deployments.encoders_in_generator``: the generator holds the
+                  encoders, so a media request makes one deployment hop less
 
     python -m benchmarks.serve [--tokens 16] [--batch-wait 0.1] [--requests 96] [--json out.json]
     python -m benchmarks.serve --preset small-qwen0.5b \
@@ -64,6 +66,11 @@ CPU = os.path.join(CONFIGS, "cpu.yaml")
 REAL_SIZE = {"small-qwen0.5b": dict(visual="clip-vit-base-patch16", audio="whisper-small",
                                     llm="qwen2-0.5b")}
 PRESETS = ("tiny", *REAL_SIZE)
+# How the app is deployed, each step adding to the one before.
+MODES = {"proxy": "the config as it is: Serve's HTTP proxy in front",
+         "direct-ingress": "http.direct_port: Serve's throughput-optimized mode, the ingress "
+                           "replica serves HTTP itself, gRPC between replicas",
+         "direct-fused": "direct-ingress and deployments.encoders_in_generator: one hop less"}
 
 
 def _model_config(work: str, preset: str):
@@ -230,8 +237,11 @@ def _overrides(args, ckpt: str, clip: str, port: int, name: str, batch: int) -> 
 def _demand(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) the app's deployments reserve (autoscaled ones at max_replicas)."""
     cpus = gpus = 0.0
-    for f in dataclasses.fields(cfg.deployments):
-        d = getattr(cfg.deployments, f.name)
+    deps = cfg.deployments
+    for f in dataclasses.fields(deps):
+        d = getattr(deps, f.name)
+        if not hasattr(d, "num_cpus") or (f.name == "encoder" and deps.encoders_in_generator):
+            continue
         n = d.num_replicas if d.autoscaling is None else d.autoscaling.get("max_replicas", 1)
         cpus, gpus = cpus + n * d.num_cpus, gpus + n * d.num_gpus
     return cpus, gpus
@@ -296,13 +306,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra serve-config override, applied last (repeatable)")
-    p.add_argument("--modes", default="proxy,direct-ingress",
-                   help="proxy: Serve's HTTP proxy in front (the default deployment); "
-                        "direct-ingress: http.direct_port, Serve's throughput-optimized mode")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + "; ".join(
+        f"{k}: {v}" for k, v in MODES.items()))
     p.add_argument("--json")
     args = p.parse_args(argv)
-    if not set(args.modes.split(",")) <= {"proxy", "direct-ingress"}:
-        p.error(f"--modes: proxy and/or direct-ingress, not {args.modes}")
+    if not set(args.modes.split(",")) <= set(MODES):
+        p.error(f"--modes: some of {','.join(MODES)}, not {args.modes}")
     if args.clip and not os.path.isfile(args.clip):
         p.error(f"--clip: no file {args.clip}")
     if args.dtype is None and args.preset != "tiny":
@@ -344,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
             # direct-ingress: Serve's throughput-optimized mode, which Ray reads when its processes
             # start, so each mode gets a Ray of its own.
             extra = ([f"http.direct_port={serve_job.free_direct_port(port)}"]
-                     if mode == "direct-ingress" else [])
+                     if mode != "proxy" else [])
+            extra += ["deployments.encoders_in_generator=true"] if mode == "direct-fused" else []
             unbatched_cfg = config("unbatched", 1, extra)
             ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": path,

@@ -16,6 +16,10 @@ Four deployments, each a thin shell around a plain class of ``serve_predictor``:
       │    └─ Decoder (policy checks, fetch, decode; CPU)
       └─ Generator (connector + LLM; @serve.batch dynamic batching; streaming)
 
+``deployments.encoders_in_generator`` folds the Encoder into the Generator (three
+deployments; the Generator calls the Decoder on a cache miss): one hop less per media
+request, with the encoders scaling with the generators.
+
 Media errors surface before a stream starts, so every bad request gets a 4xx JSON error.
 """
 
@@ -99,10 +103,12 @@ class DecoderDeployment:
         return await asyncio.to_thread(_refusal, lambda: self.resolver.decode(part))
 
 
-@serve.deployment(name="Encoder")
-class EncoderDeployment:
+class MediaFeatures:
+    """Cache lookup, then decode on the Decoder deployment and encode here on a miss: what
+    the Encoder deployment does, and what a generator does itself when
+    ``deployments.encoders_in_generator`` saves the hop to a separate encoder."""
+
     def __init__(self, cfg: ServeConfig, decoder: DeploymentHandle):
-        replica_setup(cfg)
         model_cfg = model_config(cfg)
         self.encoder = FeatureEncoder(cfg, model_cfg)
         self.resolver = media_resolver(cfg, model_cfg)  # cache keys only; Decoder decodes
@@ -120,35 +126,66 @@ class EncoderDeployment:
             return media
         return await asyncio.to_thread(self.encoder.encode, media, key)
 
+
+@serve.deployment(name="Encoder")
+class EncoderDeployment:
+    def __init__(self, cfg: ServeConfig, decoder: DeploymentHandle):
+        replica_setup(cfg)
+        self.media = MediaFeatures(cfg, decoder)
+
+    async def features(self, part: MediaPart) -> Features | ApiError:
+        return await self.media.features(part)
+
     def stats(self) -> dict[str, int]:
-        return self.encoder.stats()
+        return self.media.encoder.stats()
+
+
+# What the generator gets for a media slot: the Encoder's features (or its refusal), or
+# the part itself when it holds the encoders.
+MediaArg = Features | ApiError | MediaPart | None
 
 
 @serve.deployment(name="Generator")
 class GeneratorDeployment:
-    def __init__(self, cfg: ServeConfig):
+    def __init__(self, cfg: ServeConfig, decoder: DeploymentHandle | None = None):
         replica_setup(cfg)
         self.gen = ChatGenerator(cfg)
+        self.media = MediaFeatures(cfg, decoder) if decoder is not None else None
         self.timeout_s = cfg.http.request_timeout_s
+        self.unbatched = cfg.batching.max_batch_size == 1
         self._batch.set_max_batch_size(cfg.batching.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self.batches = self.requests = self.max_batch = 0   # counters, not a growing list
 
-    async def generate(self, req: GenRequest, visual: Features | ApiError | None = None,
-                       audio: Features | ApiError | None = None) -> Generation | ApiError:
-        req = attach(req, visual, audio)
-        return req if isinstance(req, ApiError) else await self._batch(req)
+    async def _attach(self, req: GenRequest, visual: MediaArg, audio: MediaArg,
+                      ) -> GenRequest | ApiError:
+        if self.media is not None:  # encoders_in_generator: the parts came, not features
+            visual, audio = [await self.media.features(p) if isinstance(p, MediaPart) else p
+                             for p in (visual, audio)]
+        return attach(req, visual, audio)
+
+    async def generate(self, req: GenRequest, visual: MediaArg = None,
+                       audio: MediaArg = None) -> Generation | ApiError:
+        req = await self._attach(req, visual, audio)
+        if isinstance(req, ApiError):
+            return req
+        if self.unbatched:  # batching off: no batch queue to pass through
+            return (await self._run([req]))[0]
+        return await self._batch(req)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _batch(self, requests: list[GenRequest]) -> list:
+        return await self._run(requests)
+
+    async def _run(self, requests: list[GenRequest]) -> list:
         self.batches, self.requests = self.batches + 1, self.requests + len(requests)
         self.max_batch = max(self.max_batch, len(requests))
         return await asyncio.to_thread(self.gen.generate, requests)
 
-    async def stream(self, req: GenRequest, visual: Features | ApiError | None = None,
-                     audio: Features | ApiError | None = None) -> AsyncIterator:
+    async def stream(self, req: GenRequest, visual: MediaArg = None,
+                     audio: MediaArg = None) -> AsyncIterator:
         """Text deltas then the Generation; a refused request is the only item."""
-        req = attach(req, visual, audio)
+        req = await self._attach(req, visual, audio)
         err = req if isinstance(req, ApiError) else self.gen.check(req)
         if err is not None:
             yield err
@@ -163,13 +200,17 @@ class GeneratorDeployment:
             cancel.set()
 
     def stats(self) -> dict[str, Any]:
-        return {"batches": self.batches, "requests": self.requests, "max_batch": self.max_batch}
+        """Batching counters, and the feature cache's when this replica holds the encoders."""
+        cache = self.media.encoder.stats() if self.media is not None else {}
+        return {"batches": self.batches, "requests": self.requests, "max_batch": self.max_batch,
+                **cache}
 
 
 @serve.deployment(name="ChatIngress")
 @serve.ingress(app)
 class ChatIngress:
-    def __init__(self, cfg: ServeConfig, encoder: DeploymentHandle, generator: DeploymentHandle):
+    def __init__(self, cfg: ServeConfig, encoder: DeploymentHandle | None,
+                 generator: DeploymentHandle):
         self.cfg, self.encoder, self.generator = cfg, encoder, generator
         self.name, self.created = cfg.served_name, int(time.time())
         self.api_key = _api_key(cfg)
@@ -206,8 +247,9 @@ class ChatIngress:
     async def _chat(self, body: ChatCompletionRequest):
         conv, req = plan(body, self.cfg.generation)
         # The encoder's responses go straight into the generator call: Serve hands the
-        # features from replica to replica, not through this one.
-        media = [self.encoder.features.remote(p) if p else None
+        # features from replica to replica, not through this one. Without an Encoder
+        # deployment the generator gets the parts and encodes them itself.
+        media = [self.encoder.features.remote(p) if p and self.encoder else p
                  for p in (conv.visual, conv.audio)]
         if body.stream:
             return await self._stream(req, media, body)
@@ -256,6 +298,9 @@ def app_for(cfg: ServeConfig):
     """The application graph for one config."""
     dep = cfg.deployments
     decoder = DecoderDeployment.options(**dep.decoder.options()).bind(cfg)
+    if dep.encoders_in_generator:
+        generator = GeneratorDeployment.options(**dep.generator.options()).bind(cfg, decoder)
+        return ChatIngress.options(**dep.ingress.options()).bind(cfg, None, generator)
     encoder = EncoderDeployment.options(**dep.encoder.options()).bind(cfg, decoder)
     generator = GeneratorDeployment.options(**dep.generator.options()).bind(cfg)
     return ChatIngress.options(**dep.ingress.options()).bind(cfg, encoder, generator)

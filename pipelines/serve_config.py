@@ -95,6 +95,11 @@ class DeploymentsConfig:
     decoder: DeploymentConfig = DeploymentConfig()
     encoder: DeploymentConfig = DeploymentConfig()
     generator: DeploymentConfig = DeploymentConfig(max_ongoing_requests=128)
+    # The generator replicas hold the frozen encoders and the feature cache themselves
+    # (``encoder`` above is then unused): one deployment hop less per media request,
+    # which is most of Serve's cost for a small model. Keep false when encoders should
+    # scale apart from the LLM (their own GPUs); each generator replica caches apart.
+    encoders_in_generator: bool = False
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,43 @@ def test_32_concurrent_requests_all_succeed_and_are_batched(client, server, synt
     assert after["batches"] - before["batches"] < 32  # some requests shared a forward pass
 
 
+def test_encoders_in_generator_layout(trained_tiny, synth_features, server):
+    """A second app with the encoders folded into the generator and batching off: the same
+    answers, a follow-up turn hits the generator's own feature cache, refusals are 4xx."""
+    from openai import OpenAI
+    from ray import serve
+
+    cfg = load_config(ServeConfig, CPU, [
+        f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av", "app_name=fused",
+        "route_prefix=/fused", "deployments.encoders_in_generator=true",
+        "batching.max_batch_size=1", f"media.allowed_root={synth_features['root']}",
+        f"http.port={server['cfg'].http.port}"])
+    url = serve_job.start(cfg)
+    try:
+        names = serve.status().applications["fused"].deployments
+        assert sorted(names) == ["ChatIngress", "Decoder", "Generator"]
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        clip = _clips(synth_features, trained_tiny)[0]
+        first = client.chat.completions.create(model="tiny-av", temperature=0, max_tokens=8,
+                                               messages=_video_msg(clip["uri"], clip["question"]))
+        assert first.choices[0].message.content == clip["answer"]
+        handle = serve.get_deployment_handle("Generator", app_name="fused")
+        before = handle.stats.remote().result()
+        follow = _video_msg(clip["uri"], clip["question"]) + [
+            {"role": "assistant", "content": clip["answer"]},
+            {"role": "user", "content": "And what else?"}]
+        client.chat.completions.create(model="tiny-av", max_tokens=3, messages=follow)
+        after = handle.stats.remote().result()
+        assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+        assert after["max_batch"] == 1 and after["requests"] == before["requests"] + 1
+        refused = _post({"url": url}, {"model": "tiny-av", "messages": _video_msg(
+            f"file://{synth_features['root']}/nope.mp4", "?")})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "media_not_found"
+    finally:
+        serve.delete("fused")
+
+
 def test_api_key_and_request_timeout(trained_tiny, synth_features, server, tmp_path):
     """A second app (same HTTP proxy) with a key file and a 5 ms request budget: requests
     without the key are refused before any work; with it they run out of time (504)."""
