@@ -29,7 +29,7 @@ its processes start):
 
   proxy           the config as it is: clients → Serve's HTTP proxy → ChatIngress → ...
   direct-ingress  ``http.direct_port``: Serve's throughput-optimized mode; ChatIngress
-                  serves HTTP itself and replicas call each other over gRPC
+                  serves HTTP itself, user code runs on the replicas' event loops
   direct-fused    that, and ``deployments.encoders_in_generator``: the generator holds the
                   encoders, so a media request makes one deployment hop less
 
@@ -69,7 +69,7 @@ PRESETS = ("tiny", *REAL_SIZE)
 # How the app is deployed, each step adding to the one before.
 MODES = {"proxy": "the config as it is: Serve's HTTP proxy in front",
          "direct-ingress": "http.direct_port: Serve's throughput-optimized mode, the ingress "
-                           "replica serves HTTP itself, gRPC between replicas",
+                           "replica serves HTTP itself",
          "direct-fused": "direct-ingress and deployments.encoders_in_generator: one hop less"}
 
 

@@ -153,6 +153,7 @@ class GeneratorDeployment:
         self.media = MediaFeatures(cfg, decoder) if decoder is not None else None
         self.timeout_s = cfg.http.request_timeout_s
         self.unbatched = cfg.batching.max_batch_size == 1
+        self.serial = asyncio.Lock()
         self._batch.set_max_batch_size(cfg.batching.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self.batches = self.requests = self.max_batch = 0   # counters, not a growing list
@@ -160,8 +161,10 @@ class GeneratorDeployment:
     async def _attach(self, req: GenRequest, visual: MediaArg, audio: MediaArg,
                       ) -> GenRequest | ApiError:
         if self.media is not None:  # encoders_in_generator: the parts came, not features
-            visual, audio = [await self.media.features(p) if isinstance(p, MediaPart) else p
-                             for p in (visual, audio)]
+            async def one(p: MediaArg) -> MediaArg:
+                return await self.media.features(p) if isinstance(p, MediaPart) else p
+
+            visual, audio = await asyncio.gather(one(visual), one(audio))
         return attach(req, visual, audio)
 
     async def generate(self, req: GenRequest, visual: MediaArg = None,
@@ -169,8 +172,9 @@ class GeneratorDeployment:
         req = await self._attach(req, visual, audio)
         if isinstance(req, ApiError):
             return req
-        if self.unbatched:  # batching off: no batch queue to pass through
-            return (await self._run([req]))[0]
+        if self.unbatched:  # batching off: no batch queue, one generation at a time
+            async with self.serial:
+                return (await self._run([req]))[0]
         return await self._batch(req)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
@@ -334,11 +338,18 @@ def build_app(args: dict[str, Any]):
 
 def ray_env(cfg: ServeConfig) -> dict[str, str]:
     """The environment Ray's processes need for ``http.direct_port`` (Ray Serve's
-    throughput-optimized mode with direct ingress from that port); empty without it."""
+    throughput-optimized mode with direct ingress from that port); empty without it.
+
+    The mode's gRPC between replicas stays off: Serve caps a replica's gRPC messages at
+    4 MiB, less than a decoded clip of ~13 s (uint8 frames) or a large ``data:`` payload,
+    and whether a handle uses it is fixed where the app is built (the driver here, the
+    cluster under ``serve deploy``). Ray's actor calls carry any size through the object
+    store."""
     if cfg.http.direct_port is None:
         return {}
     first = cfg.http.direct_port
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORTS)}
 
@@ -383,16 +394,22 @@ def _direct_url(cfg: ServeConfig, prefix: str, wait_s: float = 30.0) -> str:
     deadline = time.monotonic() + wait_s
     while True:
         groups = ray.get(controller.get_target_groups.remote(cfg.app_name))
-        ports = sorted(t.port for g in groups if getattr(g.protocol, "value", g.protocol) == "HTTP"
-                       for t in g.targets if first <= t.port < last)
-        host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
-        url = f"http://{host}:{ports[0]}{prefix}" if ports else None
+        # Replicas, not the proxy (the targets until the replicas run); a replica on
+        # another node is reached at its node's address when the servers bind all of them.
+        targets = sorted((t.port, t.ip) for g in groups
+                         if getattr(g.protocol, "value", g.protocol) == "HTTP"
+                         for t in g.targets if t.port != cfg.http.port)
+        url = None
+        if targets:
+            port, ip = targets[0]
+            host = ip if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+            url = f"http://{host}:{port}{prefix}"
         try:
             if url:
                 with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
                     if json.load(r).get("model") == cfg.served_name:
                         return url
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or something else answers there
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(

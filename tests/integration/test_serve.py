@@ -373,8 +373,8 @@ def test_registered_model_and_s3_media(trained_tiny, synth_features, server, mlf
 
 def test_direct_ingress_mode_serves_the_same_api(trained_tiny, synth_features, tmp_path):
     """`python -m pipelines.serve ... http.direct_port=P` as users run it: its own Ray with
-    Serve's throughput-optimized mode; the ingress replica answers on P itself (gRPC between
-    replicas, no proxy hop), with the same answers, streaming and 4xx errors."""
+    Serve's throughput-optimized mode; the ingress replica answers on P itself (no proxy
+    hop), with the same answers, streaming and 4xx errors."""
     import signal
     import subprocess
     import sys
