@@ -85,6 +85,14 @@ def checked(fn: Callable[[T], R], cfg: T) -> R:
         raise SystemExit(2) from None
 
 
+def starts_private_ray(cfg: RayConfig) -> bool:
+    """Whether ``ray_session(cfg)`` would start a Ray of its own (nothing else uses it)."""
+    import ray
+
+    return not (ray.is_initialized() or cfg.address or os.environ.get("RAY_ADDRESS")
+                or _JOB_CONFIG_ENV in os.environ)
+
+
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig, env: dict[str, str] | None = None) -> Iterator[None]:
     """Use Ray as ``cfg.address`` / RAY_ADDRESS / ``ray job submit`` say, else start a

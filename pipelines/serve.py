@@ -434,7 +434,12 @@ def preflight(cfg: ServeConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg = jobs.parse_job_config(ServeConfig, argv, __doc__)
     jobs.checked(preflight, cfg)
-    with jobs.ray_session(cfg.ray, env=ray_env(cfg)):
+    env = ray_env(cfg)
+    if env and jobs.starts_private_ray(cfg.ray):
+        # No load balancer in front of a Ray of our own: Ctrl-C need not wait out the
+        # ingress drain period (30 s by default) that gives one time to deregister.
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
+    with jobs.ray_session(cfg.ray, env=env):
         url = start(cfg)
         log.info("serving %s at %s/v1 (Ctrl-C stops)", cfg.served_name, url)
         try:
