@@ -355,12 +355,18 @@ def ray_env(cfg: ServeConfig) -> dict[str, str]:
 
 
 def free_direct_port(proxy_port: int) -> int:
-    """A free first direct-ingress port whose range leaves ``proxy_port`` alone (tests,
-    benchmarks and demos on one machine)."""
+    """A free first direct-ingress port that ``HttpConfig`` accepts beside ``proxy_port``
+    (tests, benchmarks and demos on one machine)."""
+    from av_model.configlib import ConfigError
+    from pipelines.serve_config import HttpConfig
+
     while True:
         port = jobs.free_port()
-        if not port <= proxy_port < port + DIRECT_PORTS and port <= 65535 - DIRECT_PORTS:
+        try:
+            HttpConfig(port=proxy_port, direct_port=port)
             return port
+        except ConfigError:
+            continue
 
 
 def start(cfg: ServeConfig) -> str:
@@ -382,8 +388,8 @@ def _direct_url(cfg: ServeConfig, prefix: str, wait_s: float = 30.0) -> str:
 
     The port comes from Serve's controller (its target groups: what a load balancer in
     front of direct ingress reads): a redeployed app's replica takes the next port while
-    the old one is quarantined. No target in our range means Ray's processes started
-    without ``ray_env(cfg)`` (a cluster's nodes need it)."""
+    the old one is quarantined. No replica target means Ray's processes started without
+    ``ray_env(cfg)`` (a cluster's nodes need it)."""
     import urllib.request
 
     import ray

@@ -110,10 +110,11 @@ class HttpConfig:
     on a small model the proxy hop and Serve's per-replica threads cost more than the forward
     pass (benchmarks/RESULTS.md). User code runs on the replica's own event loop, and each
     ingress replica serves HTTP itself (direct ingress) on the first free port from
-    ``direct_port`` up, at ``host``. The proxy on ``port`` stays as a fallback. These are Ray-wide settings read when Ray's processes start: a Ray that
-    the job starts gets them from :func:`pipelines.serve.ray_env`; a cluster needs them in
-    its nodes' environment (cluster/serve_config.yaml says which). Keep the range clear of
-    Ray's worker ports (``ray start --min-worker-port``, 10002..19999 by default).
+    ``direct_port`` up, at ``host``. The proxy on ``port`` stays as a fallback. These are
+    Ray-wide settings read when Ray's processes start: a Ray that the job starts gets them
+    from :func:`pipelines.serve.ray_env`; a cluster needs them in its nodes' environment
+    (cluster/serve_config.yaml says which). Keep the range clear of Ray's worker ports
+    (``ray start --min-worker-port``, 10002..19999 by default).
     """
 
     host: str = "127.0.0.1"
