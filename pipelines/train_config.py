@@ -66,6 +66,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-4
+    # The connector's own learning rate (LLaVA's mm_projector_lr); None = lr. A connector
+    # trained from scratch can want more than the LLM (or its LoRA) beside it.
+    connector_lr: float | None = None
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
@@ -77,6 +80,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "must be > 0")
+        check(self.connector_lr is None or self.connector_lr > 0, "connector_lr",
+              "must be > 0 or null")
         check(self.max_steps > 0, "max_steps", "must be > 0")
         check(0 <= self.warmup_steps <= self.max_steps, "warmup_steps",
               "must be in [0, max_steps]")

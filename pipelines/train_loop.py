@@ -53,6 +53,19 @@ def lr_factor(cfg: OptimConfig) -> Callable[[int], float]:
     return factor
 
 
+def param_groups(model: AVModel, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups: the connector's at ``connector_lr``
+    when set, the rest (LLM, LoRA, learned media embeddings) at ``lr``. The schedule scales
+    every group by the same factor."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.connector_lr is None:
+        return [{"params": [p for _, p in trainable]}]
+    own = [p for n, p in trainable if n.startswith("connector.")]
+    rest = [p for n, p in trainable if not n.startswith("connector.")]
+    return [g for g in ({"params": rest}, {"params": own, "lr": cfg.connector_lr})
+            if g["params"]]
+
+
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     ds = cfg.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
@@ -83,9 +96,10 @@ class Engine:
 
     def __init__(self, model: AVModel, cfg: TrainConfig):
         self.cfg, self.model = cfg, model
-        self.params = params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(param_groups(model, o), lr=o.lr, betas=o.betas,
+                                weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o))
         self.micro = 0
         if cfg.deepspeed.enabled:

@@ -133,3 +133,24 @@ def test_collator_turns_one_trains_one_exchange_with_its_media(tiny_encoders):
     whole = Collator(model, DataConfig(features="x"), seed=0)(next(iterate_rows(rows, 8)))
     assert all(model.tokenizer.decode(ids).count("ASSISTANT:") == 3
                for ids in whole["input_ids"])
+
+
+def test_connector_lr_gives_the_connector_its_own_group(tiny_encoders):
+    from pipelines.train_loop import Engine, param_groups
+
+    cfg = train_config(tiny_encoders, "lora", optim={"max_steps": 10, "warmup_steps": 2,
+                                                     "lr": 1e-3, "connector_lr": 4e-3})
+    torch.manual_seed(0)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    engine = Engine(model, cfg)
+    llm, conn = engine.opt.param_groups
+    ids = {id(p) for p in conn["params"]}
+    assert ids == {id(p) for p in model.connector.parameters() if p.requires_grad}
+    assert not ids & {id(p) for p in llm["params"]} and len(llm["params"]) > 0
+    # The schedule scales both groups alike: half of each base lr in the first warm-up step.
+    assert (llm["lr"], conn["lr"]) == pytest.approx((0.5e-3, 2e-3))
+    # Without the option, one group at lr; a frozen LLM leaves the connector's group alone.
+    assert len(param_groups(model, train_config(tiny_encoders, "lora").optim)) == 1
+    frozen = train_config(tiny_encoders, "frozen", optim={"connector_lr": 4e-3})
+    [only] = param_groups(AVModel.build(frozen.model, load_encoders=False), frozen.optim)
+    assert only["lr"] == 4e-3
