@@ -75,16 +75,20 @@ def plot(results: list[dict[str, Any]], path: str) -> str:
 def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
            command: str) -> str:
     """The Markdown section: the command, setup, the table, the timings."""
-    s = cfg.synth
+    s, tv = cfg.synth, cfg.teach_visual
     return "\n".join([
         "```bash", command, "```", "",
         f"- corpus: {s.n} synthetic clips of {s.min_duration_s:g}–{s.max_duration_s:g} s, "
         f"{s.min_shapes}–{s.max_shapes} shapes, split {s.split_fractions}; every well-posed "
         "question of each test clip is asked",
+        "- features: " + (f"the tiny vision tower taught the shapes for {tv.steps} steps on "
+                          "the train clips" if tv.steps else "the random tiny vision tower")
+        + ", the tiny Whisper",
         f"- training: tiny encoders' stored features, tiny {cfg.llm_mode} LLM, {cfg.steps} "
         f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}), connector output norm "
-        f"{cfg.output_norm}, lr {cfg.lr:g}, one CPU thread per run, {cfg.parallel} runs at "
-        "a time",
+        f"{cfg.output_norm}, lr {cfg.lr:g}"
+        + (f" (connector {cfg.connector_lr:g})" if cfg.connector_lr else "")
+        + f", one CPU thread per run, {cfg.parallel} runs at a time",
         "- evaluation: greedy answers (≤ %d tokens), accuracy after answer normalisation"
         % cfg.max_tokens, "",
         table(results), "",
