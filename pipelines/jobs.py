@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -157,6 +158,27 @@ def sigint_restored() -> Iterator[None]:
         yield
     finally:
         if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (SIGINT), then return.
+
+    Two traps, both seen as a served endpoint that ignored Ctrl-C: (1) the kernel may deliver
+    SIGINT to any of Ray's threads, and the main thread runs the Python handler only at its
+    next wake-up, so one long sleep could outlast the signal by an hour: short sleeps; (2) a
+    library that ran before may have left a handler of its own that never raises
+    KeyboardInterrupt (Ray Train's, see ``sigint_restored``): Python's default is put in
+    place for the wait and the previous one back after it.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    finally:
+        if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 

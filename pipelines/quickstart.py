@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             if args.keep_serving:
                 log.info("serving %s at %s until Ctrl-C (summary: %s)", model_uri,
                          served["url"], paths.summary)
-                _wait_for_interrupt()
+                jobs.wait_for_interrupt()
+                log.info("stopping the endpoint")
     log.info("done in %.0f s; nothing left running.", progress.elapsed)
     return result
 
@@ -248,16 +249,6 @@ def how_to(paths: Paths, live_url: str | None, serve_overrides: list[str], item:
         f"    -d {shlex.quote(body)}",
         f"Outputs: {paths.features} (parquet features, errors/), {paths.runs} (checkpoints, "
         f"MLflow store), {paths.eval}/results.md"])
-
-
-def _wait_for_interrupt() -> None:
-    """Block until Ctrl-C. Short sleeps, not one long one: the kernel may deliver SIGINT to
-    any of Ray's threads, and then only the main thread's next wake-up runs the handler."""
-    try:
-        while True:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        log.info("stopping the endpoint")
 
 
 if __name__ == "__main__":

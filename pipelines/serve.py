@@ -448,11 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     with jobs.ray_session(cfg.ray, env=env):
         url = start(cfg)
         log.info("serving %s at %s/v1 (Ctrl-C stops)", cfg.served_name, url)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            serve.shutdown()
+        jobs.wait_for_interrupt()
+        serve.shutdown()
 
 
 if __name__ == "__main__":
