@@ -11,7 +11,7 @@ not a blind encoder.
 
 What it learns from: the train-split clips only (the test clips stay unseen), decoded by the
 same decoder and at the same frame rate as the extraction job, each frame labelled from the
-clip's plan (the shape on screen at the frame's centre time, or nothing). Two linear heads
+clip's plan (the shape in the mp4 frame the decoder took, or nothing). Two linear heads
 on the tower's pooled output; the heads are dropped, the tower is saved like a hub checkpoint
 and then frozen by extraction and training as any pretrained tower would be.
 """
@@ -87,7 +87,11 @@ def train_frames(manifest: str, image_size: int, fps: float) -> tuple[np.ndarray
 def teach_visual(tower: str, out: str, manifest: str, cfg: TeachConfig, fps: float,
                  seed: int = 0) -> str:
     """Copy the tower at ``tower`` to ``out`` taught on the manifest's train clips; returns
-    ``out`` (reused when already there: the caller keys it on everything that decides it)."""
+    ``out`` (reused when already there: the caller keys it on everything that decides it).
+
+    The train clips are decoded here and again by extraction (~10 s on bench-model's 800
+    clips): teaching must finish before extraction encodes anything, and keeping the frames
+    for it would hold every clip's frames in memory."""
     import torch
     from transformers import CLIPVisionModel
 
