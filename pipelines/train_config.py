@@ -48,6 +48,10 @@ class DataConfig:
     # colour is the circle?") or that are evaluated one question at a time.
     turns: Literal["all", "one"] = "all"
     use_captions: bool = True       # ... else on its caption
+    # Captioning and QA in one run (video-SALMONN's instruction data mixes them): this
+    # fraction of the samples that have both conversations and a caption train on the
+    # caption instead. A caption supervises every event of the clip at once.
+    caption_mix: float = 0.0
     shuffle_seed: int | None = 0    # local shuffle of rows per epoch (None = file order)
     # Hold the (filtered) shards in the object store instead of re-reading them every
     # epoch: right for small corpora, wrong for ones larger than cluster memory.
@@ -61,6 +65,10 @@ class DataConfig:
         check(0.0 <= self.unpaired <= 1.0, "unpaired", "must be in [0, 1]")
         check(self.use_conversations or self.use_captions, "use_captions",
               "use_conversations and use_captions cannot both be false")
+        check(0.0 <= self.caption_mix <= 1.0, "caption_mix", "must be in [0, 1]")
+        check(self.caption_mix == 0 or (self.use_captions and self.use_conversations),
+              "caption_mix", "mixes conversations and captions: needs use_conversations and "
+              "use_captions")
 
 
 @dataclass(frozen=True)

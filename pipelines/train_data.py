@@ -83,6 +83,9 @@ class Collator:
         """(sample, caption when it is the target, clip has audio), None if unsupervised."""
         v = tensor_or_none(video)
         turns = _turns(conversations) if self.cfg.use_conversations else []
+        if turns and caption and self.cfg.caption_mix and \
+                self.rng.random() < self.cfg.caption_mix:
+            turns = []                                      # this visit trains the caption
         if self.cfg.turns == "one":
             turns = one_exchange(turns, self.rng)
         cap = None

@@ -44,6 +44,8 @@ def test_tiny_model_yaml_base(tiny_encoders, tmp_path):
     ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
      ["optim.connector_lr=0"], "optim.connector_lr"),
     ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
+     ["data.caption_mix=0.5", "data.use_captions=false"], "data.caption_mix"),
+    ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
      ["data.colour=1"], "data.colour"),
 ])
 def test_bad_config_names_the_field(tmp_path, data, overrides, field):

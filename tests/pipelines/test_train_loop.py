@@ -135,6 +135,30 @@ def test_collator_turns_one_trains_one_exchange_with_its_media(tiny_encoders):
                for ids in whole["input_ids"])
 
 
+def test_collator_caption_mix_trains_captions_beside_conversations(tiny_encoders):
+    cfg = train_config(tiny_encoders)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    convo = [{"role": "user", "content": "<AUD_VIS>\nWhat colour is the circle?"},
+             {"role": "assistant", "content": "red"}]
+    rows = [dict(r, conversations=convo, caption="A red circle. A low tone.")
+            for r in colour_rows(8)]
+    answers = []
+    mixed = Collator(model, DataConfig(features="x", turns="one", caption_mix=0.5), seed=0)
+    for _ in range(8):
+        batch = mixed(next(iterate_rows(rows, 8)))
+        answers += [s.turns[-1]["content"] for s in batch["samples"]]
+        prompts = {s.turns[0]["content"] for s in batch["samples"]}
+        assert prompts <= {convo[0]["content"], DataConfig.caption_prompt}
+    assert set(answers) == {"red", "A red circle. A low tone."}
+    assert 0.3 < answers.count("red") / len(answers) < 0.7          # 64 samples at 0.5
+    # Rows without a caption keep their conversation; 0 never trains a caption.
+    bare = mixed(next(iterate_rows([dict(r, caption=None) for r in rows], 8)))
+    assert {s.turns[-1]["content"] for s in bare["samples"]} == {"red"}
+    never = Collator(model, DataConfig(features="x", turns="one"), seed=0)
+    assert {s.turns[-1]["content"] for s in never(next(iterate_rows(rows, 8)))["samples"]} \
+        == {"red"}
+
+
 def test_connector_lr_gives_the_connector_its_own_group(tiny_encoders):
     from pipelines.train_loop import Engine, param_groups
 
