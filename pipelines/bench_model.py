@@ -10,8 +10,9 @@ One command, five stages:
      sync (the shape on screen at the first beep), order (which shape came first), and
      speech (the spoken word; only where espeak-ng is installed);
   2. feature extraction with the tiny encoders (the Ray Data job), after the random vision
-     tower is taught the corpus's shapes on the training clips (``bench_encoders``: the
-     stand-in for a pretrained encoder, which a random tower is not);
+     tower is taught the corpus's shapes and the random Whisper its tones, beeps and words
+     on the training clips (``bench_encoders``: the stand-ins for pretrained encoders, which
+     random towers are not);
   3. training, one run per connector (linear, clip-level Q-Former, causal windowed Q-Former,
      MRC Q-Former) on both streams, plus modality ablations (video only, audio only) of the
      causal Q-Former; runs are Ray tasks, ``parallel`` at a time, each the plain training
@@ -44,7 +45,8 @@ from typing import Any
 
 from av_model.configlib import check, from_dict, to_dict
 from pipelines import jobs
-from pipelines.bench_encoders import TEACH_VERSION, TeachConfig, teach_visual
+from pipelines.bench_encoders import (TEACH_VERSION, TeachConfig, audio_teach_config,
+                                      teach_audio, teach_visual)
 from pipelines.corpora.synthetic import SynthConfig
 from pipelines.bench_report import (finish_child, log_to_mlflow, parent_info, plot, report,
                                     start_child, start_parent, table, write_section)
@@ -84,6 +86,8 @@ class BenchConfig:
     # the stand-in for a pretrained encoder; steps 0 keeps the random tower, which cannot
     # tell the kinds apart (benchmarks/RESULTS.md).
     teach_visual: TeachConfig = field(default_factory=TeachConfig)
+    # The same for the tiny Whisper: its random attention smears a 150 ms beep over the clip.
+    teach_audio: TeachConfig = field(default_factory=audio_teach_config)
     connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
     ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too
     ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
@@ -95,6 +99,12 @@ class BenchConfig:
     lr: float = 5e-4
     connector_lr: float | None = None  # optim.connector_lr: None = lr
     llm_mode: str = "full"        # the tiny LLM is small enough to train whole
+    # The bench's own tiny Llama (the tiny preset's is 64 x 2). At 64 wide it learnt which
+    # colours a clip shows but not which shape wore which: vision 48 % on linear/video, at
+    # chance between the two present; 128 wide 77 %, 128 x 4 layers 48 % in the same steps
+    # (benchmarks/RESULTS.md).
+    llm_dim: int = 128
+    llm_layers: int = 2
     # connector.output_norm of every run: rms starts media tokens at the text tokens' scale
     # (none: the raw projection; see benchmarks/RESULTS.md for both).
     output_norm: str = "rms"
@@ -102,6 +112,9 @@ class BenchConfig:
     # questions as one conversation (six answers per sample, but the questions give each
     # other's answers away: the order question names every shape's colour and kind).
     turns: str = "one"
+    # data.caption_mix: this fraction of samples train on the clip's caption ("A red circle,
+    # then a blue square. A low tone and two beeps.") instead of a question.
+    caption_mix: float = 0.0
     seed: int = 0
     parallel: int = 2             # training runs at once (one CPU each)
     eval_batch_size: int = 16
@@ -118,6 +131,9 @@ class BenchConfig:
               "choose from video, audio")
         check(self.steps > 0 and self.batch_size > 0, "steps", "steps and batch_size > 0")
         check(self.llm_mode in ("full", "lora"), "llm_mode", "full or lora")
+        check(self.llm_dim >= 8 and self.llm_dim % 4 == 0, "llm_dim",
+              "must be >= 8 and a multiple of 4 (4 heads)")
+        check(self.llm_layers >= 1, "llm_layers", "must be >= 1")
         check(self.output_norm in ("none", "rms"), "output_norm", "none or rms")
         check(self.turns in ("all", "one"), "turns", "all or one")
         check(self.parallel >= 1, "parallel", "must be >= 1")
@@ -137,18 +153,20 @@ class BenchConfig:
 
 def prepare_data(cfg: BenchConfig) -> dict[str, str]:
     """Tiny encoders, the corpus and its features under ``workdir`` (reused when current)."""
-    from av_model.tiny import TINY_VERSION, save_tiny_models
+    from av_model.tiny import TINY_VERSION, TinySizes, save_tiny_models
     from pipelines import extract_features
     from pipelines.corpora import synthetic
     from av_model.configlib import load_config
 
     work = os.path.abspath(cfg.workdir)
     enc_dir = os.path.join(work, "encoders")
-    enc = save_tiny_models(enc_dir, seed=cfg.seed)
+    enc = save_tiny_models(enc_dir, seed=cfg.seed,
+                           sizes=TinySizes(llm_dim=cfg.llm_dim, llm_layers=cfg.llm_layers))
     # Corpus and features live under a hash of what decides them: a rerun with the same
     # settings reuses them, a changed corpus never meets stale features of its clip ids.
     key = hashlib.sha1(json.dumps([to_dict(cfg.synth), cfg.seed, synthetic.PLAN_VERSION,
-                                   TINY_VERSION, to_dict(cfg.teach_visual), TEACH_VERSION],
+                                   TINY_VERSION, to_dict(cfg.teach_visual),
+                                   to_dict(cfg.teach_audio), TEACH_VERSION],
                                   sort_keys=True).encode())
     data = os.path.join(work, f"data-{key.hexdigest()[:10]}")
     synthetic.generate(cfg.synth, os.path.join(data, "synth"), workers=2)
@@ -159,10 +177,15 @@ def prepare_data(cfg: BenchConfig) -> dict[str, str]:
         f"encoders.audio.name_or_path={enc['audio']}", "ray.progress_bars=false"])
     visual = teach_visual(enc["visual"], os.path.join(data, "visual"), manifest,
                           cfg.teach_visual, fps=ext.encoders.fps, seed=cfg.seed)
-    extract_features.run(dataclasses.replace(ext, encoders=dataclasses.replace(
-        ext.encoders, visual=dataclasses.replace(ext.encoders.visual, name_or_path=visual))))
+    audio = teach_audio(enc["audio"], os.path.join(data, "audio"), manifest, cfg.teach_audio,
+                        seed=cfg.seed)
+    encoders = dataclasses.replace(
+        ext.encoders, visual=dataclasses.replace(ext.encoders.visual, name_or_path=visual),
+        audio=dataclasses.replace(ext.encoders.audio, name_or_path=audio))
+    extract_features.run(dataclasses.replace(ext, encoders=encoders))
     return {"model_yaml": os.path.join(enc_dir, "model.yaml"), "manifest": manifest,
-            "features": os.path.join(data, "features"), **enc, "visual": visual}
+            "features": os.path.join(data, "features"), **enc, "visual": visual,
+            "audio": audio}
 
 
 # ----------------------------------------------------------------------------- stage 3-4
@@ -175,8 +198,11 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainC
     from av_model.tiny import tiny_model_config
 
     base = load_config(ModelConfig, paths["model_yaml"])
-    visual = dataclasses.replace(base.encoders.visual, name_or_path=paths["visual"])
-    base = dataclasses.replace(base, encoders=dataclasses.replace(base.encoders, visual=visual))
+    encoders = dataclasses.replace(
+        base.encoders,
+        visual=dataclasses.replace(base.encoders.visual, name_or_path=paths["visual"]),
+        audio=dataclasses.replace(base.encoders.audio, name_or_path=paths["audio"]))
+    base = dataclasses.replace(base, encoders=encoders)
     connector = dataclasses.replace(tiny_model_config(paths, spec.connector).connector,
                                     output_norm=cfg.output_norm)
     model = dataclasses.replace(base, connector=connector,
@@ -187,7 +213,7 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainC
     return from_dict(TrainConfig, {
         "name": spec.name, "stage": "instruct", "model": to_dict(model),
         "data": {"features": paths["features"], "batch_size": cfg.batch_size,
-                 "turns": cfg.turns, **mix},
+                 "turns": cfg.turns, "caption_mix": cfg.caption_mix, **mix},
         "optim": {"max_steps": cfg.steps, "lr": cfg.lr, "connector_lr": cfg.connector_lr,
                   "warmup_steps": min(10, cfg.steps // 5)},
         "deepspeed": {"enabled": False},

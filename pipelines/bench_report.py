@@ -75,7 +75,7 @@ def plot(results: list[dict[str, Any]], path: str) -> str:
 def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
            command: str) -> str:
     """The Markdown section: the command, setup, the table, the timings."""
-    s, tv = cfg.synth, cfg.teach_visual
+    s, tv, ta = cfg.synth, cfg.teach_visual, cfg.teach_audio
     return "\n".join([
         "```bash", command, "```", "",
         f"- corpus: {s.n} synthetic clips of {s.min_duration_s:g}–{s.max_duration_s:g} s, "
@@ -83,9 +83,13 @@ def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
         "question of each test clip is asked",
         "- features: " + (f"the tiny vision tower taught the shapes for {tv.steps} steps on "
                           "the train clips" if tv.steps else "the random tiny vision tower")
-        + ", the tiny Whisper",
-        f"- training: tiny encoders' stored features, tiny {cfg.llm_mode} LLM, {cfg.steps} "
-        f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}), connector output norm "
+        + ", " + (f"the tiny Whisper taught tone, beeps and words for {ta.steps} steps"
+                  if ta.steps else "the random tiny Whisper"),
+        f"- training: tiny encoders' stored features, a {cfg.llm_layers}-layer "
+        f"{cfg.llm_dim}-wide {cfg.llm_mode} LLM, {cfg.steps} "
+        f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}"
+        + (f"; {cfg.caption_mix:.0%} of samples the clip's caption" if cfg.caption_mix else "")
+        + "), connector output norm "
         f"{cfg.output_norm}, lr {cfg.lr:g}"
         + (f" (connector {cfg.connector_lr:g})" if cfg.connector_lr else "")
         + f", one CPU thread per run, {cfg.parallel} runs at a time",

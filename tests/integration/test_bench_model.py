@@ -20,7 +20,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     out = bench_model.main([
         "--workdir", str(tmp_path / "bm"), "synth.n=16", "steps=6", "batch_size=4", "log_every=4",
         "connectors=[causal_qformer,qformer]", "ablations=[audio]", "ray.progress_bars=false",
-        "teach_visual.steps=5",
+        "teach_visual.steps=5", "teach_audio.steps=3", "llm_dim=32",
         f"results_md={results_md}", f"tracking.uri={mlflow_server}"])
     runs = [r["run"] for r in out["results"]]
     assert runs == ["causal_qformer/both", "qformer/both", "causal_qformer/audio"]
@@ -39,12 +39,17 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     from benchmarks import feature_probe
 
     [data] = (tmp_path / "bm").glob("data-*")
-    # The features come from the taught vision tower, and the runs' models name it.
+    # The features come from the taught towers, and the runs' models name them; the LLM is
+    # the bench's own size.
     assert json.loads((data / "visual" / "taught.json").read_text())["steps"] == 5
+    assert json.loads((data / "audio" / "taught.json").read_text())["steps"] == 3
     from av_model.checkpoint import load_model_config
 
     model_cfg = load_model_config(str(tmp_path / "bm" / "runs" / "causal_qformer_both" / "model"))
     assert model_cfg.encoders.visual.name_or_path == str(data / "visual")
+    assert model_cfg.encoders.audio.name_or_path == str(data / "audio")
+    llm = json.loads((tmp_path / "bm" / "encoders" / "llm" / "config.json").read_text())
+    assert (llm["hidden_size"], llm["num_hidden_layers"]) == (32, 2)
     probes = feature_probe.main(["--features", str(data / "features"),
                                  "--manifest", str(data / "synth" / "manifest.jsonl")])
     assert {"tone", "colour", "sync_is_first_shape"} <= set(probes)
