@@ -112,6 +112,7 @@ def train_windows(manifest: str, window_samples: int, samples_per_frame: int
 
     frames_per_window = window_samples // samples_per_frame
     waves, labels = [], []
+    # Frames come with the audio: 1 fps at 32 px costs little (decord rejects tiny sizes).
     for plan, clip in _train_clips(manifest, 1.0, 32):
         if clip.audio is None or not len(clip.audio):
             continue
