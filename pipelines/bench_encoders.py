@@ -219,9 +219,13 @@ def teach_audio(tower: str, out: str, manifest: str, cfg: TeachConfig, seed: int
     sounds and which word is spoken; returns ``out`` (reused when already there).
 
     Why: the random tiny Whisper's attention smears the clip over time. A ridge probe on
-    its frames finds a beep worse than always answering "no beep" (81 % against 96 %), so
-    no connector could count beeps or place the first one (bench-model's audio family at
-    ~56 % on beep counts). Whisper itself resolves a 150 ms beep."""
+    its frames of the test clips finds a beep less often than always answering "no beep"
+    (78.6 % against 96.5 %), so no connector could count beeps or place the first one
+    (benchmarks/RESULTS.md). Whisper itself resolves a 150 ms beep.
+
+    The Whisper weights load twice (a frozen ``WhisperAudioEncoder`` for the extraction
+    job's exact windowing and mel settings, then the whole model to train and save): the
+    tiny checkpoint loads in milliseconds, and the windowing stays defined in one place."""
     import torch
     from transformers import WhisperModel
 

@@ -86,7 +86,7 @@ class BenchConfig:
     # the stand-in for a pretrained encoder; steps 0 keeps the random tower, which cannot
     # tell the kinds apart (benchmarks/RESULTS.md).
     teach_visual: TeachConfig = field(default_factory=TeachConfig)
-    # The same for the tiny Whisper: its random attention smears a 150 ms beep over the clip.
+    # The same for the tiny Whisper: its random attention smears a 150 ms beep over its window.
     teach_audio: TeachConfig = field(default_factory=audio_teach_config)
     connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
     ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too

@@ -146,8 +146,10 @@ def test_taught_whisper_hears_the_beeps(corpus, tiny_encoders, tmp_path):
     before = _beep_probe(tiny_encoders["audio"], *sets)
     after = _beep_probe(out, *sets)
     assert after >= 0.9 and after >= before + 0.05, (before, after)   # measured 0.86 → 0.96
-    # Reused when already taught; steps 0 keeps the random tower.
+    # Reused when already taught (not taught again); steps 0 keeps the random tower.
+    mtime = (tmp_path / "audio" / "taught.json").stat().st_mtime
     assert bench_encoders.teach_audio(tiny_encoders["audio"], out, str(corpus), cfg) == out
+    assert (tmp_path / "audio" / "taught.json").stat().st_mtime == mtime
     keep = bench_encoders.TeachConfig(steps=0)
     assert bench_encoders.teach_audio(tiny_encoders["audio"], str(tmp_path / "x"), str(corpus),
                                       keep) == tiny_encoders["audio"]
