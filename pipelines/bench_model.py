@@ -69,11 +69,17 @@ class RunSpec:
 
     connector: str
     modalities: tuple[str, ...] = ("video", "audio")
+    seed: int = 0    # the training seed (BenchConfig.seed + the repeat's index)
 
     @property
     def name(self) -> str:
         streams = "+".join(self.modalities) if len(self.modalities) == 1 else "both"
         return f"{self.connector}/{streams}"
+
+    @property
+    def slug(self) -> str:
+        """The run's directory under ``<workdir>/runs``."""
+        return f"{self.name.replace('/', '_')}_seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,11 @@ class BenchConfig:
     # then a blue square. A low tone and two beeps.") instead of a question.
     caption_mix: float = 0.0
     seed: int = 0
+    # Training runs per configuration, with seeds seed, seed+1, ... (connector initialisation,
+    # data order, the collator's draws; the corpus, features and LLM stay those of ``seed``).
+    # One configuration moved by up to 20 points between seeds (benchmarks/RESULTS.md): the
+    # table gives the mean and the standard deviation over seeds.
+    seeds: int = 1
     parallel: int = 2             # training runs at once (one CPU each)
     eval_batch_size: int = 16
     max_tokens: int = 8           # answers are a word or two
@@ -137,6 +148,7 @@ class BenchConfig:
         check(self.output_norm in ("none", "rms"), "output_norm", "none or rms")
         check(self.turns in ("all", "one"), "turns", "all or one")
         check(self.parallel >= 1, "parallel", "must be >= 1")
+        check(self.seeds >= 1, "seeds", "must be >= 1")
         check(self.log_every >= 1, "log_every", "must be >= 1")
         check(self.synth.split_fractions.get("test", 0) > 0 and
               self.synth.split_fractions.get("train", 0) > 0, "synth.split_fractions",
@@ -145,7 +157,7 @@ class BenchConfig:
     def runs(self) -> list[RunSpec]:
         runs = [RunSpec(c) for c in self.connectors]
         runs += [RunSpec(self.ablation_connector, (m,)) for m in self.ablations]
-        return runs
+        return [dataclasses.replace(r, seed=self.seed + i) for r in runs for i in range(self.seeds)]
 
 
 # ----------------------------------------------------------------------------- stages 1-2
@@ -225,8 +237,8 @@ def train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str],
     """Train one run in this process, then answer and score the test questions; with
     ``parent`` (``bench_report.parent_info``), log it as a nested MLflow run."""
     tcfg = run_config(cfg, spec, paths)
-    tracker = start_child(parent, spec.name, spec.modalities, to_dict(tcfg)) \
-        if parent else None
+    label = spec.name if cfg.seeds == 1 else f"{spec.name} seed {spec.seed}"
+    tracker = start_child(parent, label, spec.modalities, to_dict(tcfg)) if parent else None
     try:
         result, history = _train_and_evaluate(cfg, spec, paths, out, tcfg)
         if tracker is not None:
@@ -252,11 +264,11 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
     from pipelines.train_loop import LoopState, Trainer
 
     torch.set_num_threads(1)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(spec.seed)
     rows = [r for r in read_rows(paths["features"], "train") if r["conversations"]]
     model = AVModel.build(tcfg.model, load_encoders=False)
-    collator = Collator(model, tcfg.data, seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    collator = Collator(model, tcfg.data, seed=spec.seed)
+    rng = np.random.default_rng(spec.seed)
 
     def epochs(epoch: int, skip: int):
         order = [rows[i] for i in rng.permutation(len(rows))]
@@ -273,8 +285,8 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
     shutil.rmtree(os.path.join(out, f"step{cfg.steps}"), ignore_errors=True)
     del model
     losses = [m["loss"] for m in history]
-    return {"run": spec.name, "connector": spec.connector, "modalities": list(spec.modalities),
-            "train_s": train_s, "final_loss": float(np.mean(losses[-10:])),
+    return {"run": spec.name, "seed": spec.seed, "connector": spec.connector,
+            "modalities": list(spec.modalities), "train_s": train_s, "final_loss": float(np.mean(losses[-10:])),
             "checkpoint": ckpt, **evaluate_run(cfg, spec, ckpt, paths)}, history
 
 
@@ -321,24 +333,25 @@ def run_all(cfg: BenchConfig, paths: dict[str, str],
     task = ray.remote(num_cpus=1, max_retries=0,
                       scheduling_strategy=here)(train_and_evaluate)
     specs = cfg.runs()
-    refs = {}
+    refs = []
     pending: list = []
     for spec in specs:
         if len(pending) >= cfg.parallel:
             _, pending = ray.wait(pending, num_returns=1)
         ref = task.remote(cfg, spec, paths, os.path.join(os.path.abspath(cfg.workdir), "runs",
-                                                         spec.name.replace("/", "_")), parent)
-        refs[spec.name] = ref
+                                                         spec.slug), parent)
+        refs.append(ref)
         pending.append(ref)
     results = []
-    for spec in specs:
+    for spec, ref in zip(specs, refs):
         try:
-            results.append(ray.get(refs[spec.name]))
+            results.append(ray.get(ref))
         except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
-            log.error("run %s failed: %s", spec.name, err)
-            results.append({"run": spec.name, "error": f"{type(err).__name__}: {err}"})
+            log.error("run %s (seed %d) failed: %s", spec.name, spec.seed, err)
+            results.append({"run": spec.name, "seed": spec.seed,
+                            "error": f"{type(err).__name__}: {err}"})
             continue
-        log.info("%s: %s", spec.name, json.dumps(results[-1]["families"]))
+        log.info("%s (seed %d): %s", spec.name, spec.seed, json.dumps(results[-1]["families"]))
     return results
 
 

@@ -8,6 +8,7 @@ one screen each.
 from __future__ import annotations
 
 import os
+import statistics
 from typing import TYPE_CHECKING, Any
 
 from av_model.configlib import to_dict
@@ -27,23 +28,67 @@ def families_present(results: list[dict[str, Any]]) -> list[str]:
     return [f for f in FAMILIES if f in seen]
 
 
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration (run name), in first-seen order, over its seeds: the mean
+    accuracy per family and overall, their standard deviation over seeds (``*_sd``, 0 for
+    one seed), mean train time and final loss, and how many seeds ran and failed. A
+    configuration whose every seed failed keeps the first error."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r["run"], []).append(r)
+    rows = []
+    for name, runs in groups.items():
+        done = [r for r in runs if "error" not in r]
+        if not done:
+            rows.append({"run": name, "error": runs[0]["error"], "seeds": len(runs)})
+            continue
+        fams = [f for f in FAMILIES if all(f in r["families"] for r in done)]
+        per_family = {f: _mean_sd([r["families"][f] for r in done]) for f in fams}
+        acc, acc_sd = _mean_sd([r["accuracy"] for r in done])
+        rows.append({
+            "run": name, "seeds": len(done), "failed": len(runs) - len(done),
+            "families": {f: m for f, (m, _) in per_family.items()},
+            "families_sd": {f: sd for f, (_, sd) in per_family.items()},
+            "accuracy": acc, "accuracy_sd": acc_sd,
+            "train_s": statistics.fmean(r["train_s"] for r in done),
+            "final_loss": statistics.fmean(r["final_loss"] for r in done),
+            "n": done[0]["n"], "family_n": done[0]["family_n"]})
+    return rows
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Accuracy (%) per run and family, with the item counts of the first run."""
+    """Accuracy (%) per configuration and family, with the item counts of the first run;
+    over several seeds, mean ± standard deviation (and the count of failed seeds)."""
+    rows = summarise(results)
+    several = any(r["seeds"] > 1 for r in rows)
     fams = families_present(results)
     lines = ["| run | " + " | ".join(fams) + " | all | train s | final loss |",
              "|---|" + "---|" * (len(fams) + 3)]
-    for r in results:
+
+    def cell(mean: float, sd: float) -> str:
+        return f"{100 * mean:.1f} ± {100 * sd:.1f}" if several else f"{100 * mean:.1f}"
+    for r in rows:
         if "error" in r:
             lines.append(f"| {r['run']} | failed: {r['error'][:80]} |")
             continue
-        cells = [f"{100 * r['families'][f]:.1f}" if f in r["families"] else "–" for f in fams]
-        lines.append(f"| {r['run']} | " + " | ".join(cells) +
-                     f" | {100 * r['accuracy']:.1f} | {r['train_s']:.0f} | "
+        cells = [cell(r["families"][f], r["families_sd"][f]) if f in r["families"] else "–"
+                 for f in fams]
+        name = r["run"] + (f" ({r['failed']} of {r['seeds'] + r['failed']} seeds failed)"
+                           if r["failed"] else "")
+        lines.append(f"| {name} | " + " | ".join(cells) +
+                     f" | {cell(r['accuracy'], r['accuracy_sd'])} | {r['train_s']:.0f} | "
                      f"{r['final_loss']:.3f} |")
-    done = [r for r in results if "error" not in r]
+    done = [r for r in rows if "error" not in r]
     counts = done[0]["family_n"] if done else {}
     lines.append("| questions | " + " | ".join(str(counts.get(f, "–")) for f in fams) +
                  f" | {done[0]['n'] if done else 0} | | |")
+    if several:
+        lines += ["", f"Mean ± standard deviation over {max(r['seeds'] for r in rows)} "
+                  "training seeds; per-seed scores in results.json and the nested MLflow runs."]
     return "\n".join(lines)
 
 
@@ -54,14 +99,16 @@ def plot(results: list[dict[str, Any]], path: str) -> str:
     from matplotlib.figure import Figure
 
     fams = families_present(results)
-    results = [r for r in results if "error" not in r]
+    rows = [r for r in summarise(results) if "error" not in r]
     x = np.arange(len(fams))
-    width = 0.8 / max(len(results), 1)
+    width = 0.8 / max(len(rows), 1)
     fig = Figure(figsize=(1.6 * len(fams) + 3, 4))
     ax = fig.subplots()
-    for i, r in enumerate(results):
+    for i, r in enumerate(rows):
+        sd = [100 * r["families_sd"].get(f, np.nan) for f in fams] if r["seeds"] > 1 else None
         ax.bar(x + i * width - 0.4 + width / 2,
-               [100 * r["families"].get(f, np.nan) for f in fams], width, label=r["run"])
+               [100 * r["families"].get(f, np.nan) for f in fams], width, yerr=sd,
+               capsize=2, label=r["run"])
     ax.set_xticks(x, fams)
     ax.set_ylabel("accuracy on held-out clips (%)")
     ax.set_ylim(0, 105)
@@ -89,7 +136,8 @@ def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
         f"{cfg.llm_dim}-wide {cfg.llm_mode} LLM, {cfg.steps} "
         f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}"
         + (f"; {cfg.caption_mix:.0%} of samples the clip's caption" if cfg.caption_mix else "")
-        + "), connector output norm "
+        + ")" + (f", {cfg.seeds} training seeds per configuration" if cfg.seeds > 1 else "")
+        + ", connector output norm "
         f"{cfg.output_norm}, lr {cfg.lr:g}"
         + (f" (connector {cfg.connector_lr:g})" if cfg.connector_lr else "")
         + f", one CPU thread per run, {cfg.parallel} runs at a time",
@@ -162,12 +210,16 @@ def finish_child(tracker: Tracker, result: dict[str, Any], history: list[dict[st
 
 
 def log_to_mlflow(tracker: Tracker, results: list[dict[str, Any]], md: str, png: str) -> str:
-    """The summary on the parent run: accuracy per run and family, the report, the plot."""
+    """The summary on the parent run: accuracy per configuration and family (the mean over
+    seeds, and ``.sd`` beside it when there are several), the report, the plot."""
     metrics = {}
-    for r in (r for r in results if "error" not in r):
+    for r in (r for r in summarise(results) if "error" not in r):
         key = r["run"].replace("/", ".")
         metrics[f"{key}.all"] = r["accuracy"]
         metrics.update({f"{key}.{f}": v for f, v in r["families"].items()})
+        if r["seeds"] > 1:
+            metrics[f"{key}.all.sd"] = r["accuracy_sd"]
+            metrics.update({f"{key}.{f}.sd": v for f, v in r["families_sd"].items()})
     tracker.log_metrics(metrics, step=0)
     tracker.client.log_text(tracker.run_id, md, "results.md")
     tracker.client.log_dict(tracker.run_id, {"results": results}, "results.json")

@@ -1,6 +1,6 @@
 """`avray bench-model` end to end at a toy size: corpus, features, two connectors and an
-ablation trained as Ray tasks, evaluation per family, table + PNG + RESULTS section, MLflow
-(the summary run and one nested run per connector run with its loss curve)."""
+ablation trained as Ray tasks over two seeds, evaluation per family, table + PNG + RESULTS
+section, MLflow (the summary run and one nested run per training run with its loss curve)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     out = bench_model.main([
         "--workdir", str(tmp_path / "bm"), "synth.n=16", "steps=6", "batch_size=4", "log_every=4",
         "connectors=[causal_qformer,qformer]", "ablations=[audio]", "ray.progress_bars=false",
-        "teach_visual.steps=5", "teach_audio.steps=3", "llm_dim=32",
+        "teach_visual.steps=5", "teach_audio.steps=3", "llm_dim=32", "seeds=2",
         f"results_md={results_md}", f"tracking.uri={mlflow_server}"])
     runs = [r["run"] for r in out["results"]]
-    assert runs == ["causal_qformer/both", "qformer/both", "causal_qformer/audio"]
+    assert runs == [n for n in ("causal_qformer/both", "qformer/both", "causal_qformer/audio")
+                    for _ in range(2)]
+    assert [r["seed"] for r in out["results"]] == [0, 1] * 3
+    # The seeds train different models (initialisation, data order).
+    first, second = out["results"][:2]
+    assert first["final_loss"] != second["final_loss"]
     for r in out["results"]:
         assert r["errors"] == 0 and r["n"] > 0 and 0.0 <= r["accuracy"] <= 1.0
         assert {"vision", "order"} <= set(r["families"])
@@ -32,6 +37,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     text = results_md.read_text()
     assert "kept" in text and text.count(bench_report.SECTION_BEGIN) == 1
     assert "| causal_qformer/audio |" in text and "](bench_model.png)" in text
+    assert " ± " in text and "over 2 training seeds" in text
     assert (tmp_path / "bench_model.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "bm" / "results.json").read_text())
     assert [r["run"] for r in saved["results"]] == runs
@@ -45,7 +51,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     assert json.loads((data / "audio" / "taught.json").read_text())["steps"] == 3
     from av_model.checkpoint import load_model_config
 
-    model_cfg = load_model_config(str(tmp_path / "bm" / "runs" / "causal_qformer_both" / "model"))
+    model_cfg = load_model_config(str(tmp_path / "bm" / "runs" / "causal_qformer_both_seed0" / "model"))
     assert model_cfg.encoders.visual.name_or_path == str(data / "visual")
     assert model_cfg.encoders.audio.name_or_path == str(data / "audio")
     llm = json.loads((tmp_path / "bm" / "encoders" / "llm" / "config.json").read_text())
@@ -59,7 +65,11 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(out["run_id"])
-    assert "causal_qformer.both.vision" in run.data.metrics
+    # The summary holds each configuration's mean over its seeds and their spread.
+    vision = [r["families"]["vision"] for r in out["results"][:2]]
+    assert run.data.metrics["causal_qformer.both.vision"] == pytest.approx(sum(vision) / 2)
+    assert run.data.metrics["causal_qformer.both.vision.sd"] == pytest.approx(
+        abs(vision[0] - vision[1]) / 2 ** 0.5)
     assert {a.path for a in client.list_artifacts(out["run_id"])} >= {
         "results.md", "results.json", "bench_model.png"}
     # Each run is a nested run of the benchmark's: its params, its loss curve, and the same
@@ -67,9 +77,9 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     children = client.search_runs([run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{out['run_id']}'")
     by_name = {c.info.run_name: c for c in children}
-    assert sorted(by_name) == sorted(runs)
+    assert sorted(by_name) == sorted(f"{r['run']} seed {r['seed']}" for r in out["results"])
     for r in out["results"]:
-        child = by_name[r["run"]]
+        child = by_name[f"{r['run']} seed {r['seed']}"]
         assert child.info.status == "FINISHED"
         assert child.data.params["model.connector.kind"] == r["connector"]
         assert child.data.params["bench.modalities"] == ",".join(r["modalities"])
@@ -88,6 +98,7 @@ def test_write_section_replaces_its_own_block(tmp_path):
 
 
 @pytest.mark.parametrize("patch,field", [({"connectors": ["mlp"]}, "connectors"),
+                                         ({"seeds": 0}, "seeds"),
                                          ({"ablations": ["smell"]}, "ablations"),
                                          ({"synth": {"split_fractions": {"train": 1.0}}},
                                           "synth.split_fractions")])
@@ -104,3 +115,32 @@ def test_table_shows_a_failed_run_and_keeps_the_others():
     assert "| linear/both | 100.0 | 50.0 | 75.0 | 10 | 0.100 |" in text
     assert "| qformer/both | failed: RuntimeError: boom |" in text
     assert "| questions | 2 | 2 | 4 | | |" in text
+
+
+def test_runs_repeat_each_configuration_over_the_seeds():
+    cfg = from_dict(bench_model.BenchConfig, {"connectors": ["linear"], "ablations": ["audio"],
+                                              "seed": 5, "seeds": 3})
+    runs = cfg.runs()
+    assert [(r.name, r.seed) for r in runs] == [
+        ("linear/both", 5), ("linear/both", 6), ("linear/both", 7),
+        ("causal_qformer/audio", 5), ("causal_qformer/audio", 6), ("causal_qformer/audio", 7)]
+    assert len({r.slug for r in runs}) == 6
+
+
+def test_table_gives_mean_and_spread_over_seeds():
+    def run(name, seed, vision, sync):
+        return {"run": name, "seed": seed, "families": {"vision": vision, "sync": sync},
+                "accuracy": (vision + sync) / 2, "train_s": 10.0, "final_loss": 0.1,
+                "n": 4, "family_n": {"vision": 2, "sync": 2}}
+    results = [run("linear/both", 0, 1.0, 0.5), run("linear/both", 1, 0.5, 0.5),
+               run("qformer/both", 0, 0.25, 0.75),
+               {"run": "qformer/both", "seed": 1, "error": "RuntimeError: boom"}]
+    rows = bench_report.summarise(results)
+    assert [r["run"] for r in rows] == ["linear/both", "qformer/both"]
+    assert rows[0]["families"] == {"vision": 0.75, "sync": 0.5}
+    assert rows[0]["families_sd"]["vision"] == pytest.approx(0.5 / 2 ** 0.5)
+    assert (rows[0]["seeds"], rows[0]["failed"], rows[1]["seeds"], rows[1]["failed"]) == (2, 0, 1, 1)
+    text = bench_report.table(results)
+    assert "| linear/both | 75.0 ± 35.4 | 50.0 ± 0.0 | 62.5 ± 17.7 | 10 | 0.100 |" in text
+    assert "| qformer/both (1 of 2 seeds failed) | 25.0 ± 0.0 | 75.0 ± 0.0 |" in text
+    assert "over 2 training seeds" in text
