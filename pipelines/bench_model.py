@@ -286,7 +286,8 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
     del model
     losses = [m["loss"] for m in history]
     return {"run": spec.name, "seed": spec.seed, "connector": spec.connector,
-            "modalities": list(spec.modalities), "train_s": train_s, "final_loss": float(np.mean(losses[-10:])),
+            "modalities": list(spec.modalities), "train_s": train_s,
+            "final_loss": float(np.mean(losses[-10:])),
             "checkpoint": ckpt, **evaluate_run(cfg, spec, ckpt, paths)}, history
 
 

@@ -35,8 +35,8 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration (run name), in first-seen order, over its seeds: the mean
     accuracy per family and overall, their standard deviation over seeds (``*_sd``, 0 for
-    one seed), mean train time and final loss, and how many seeds ran and failed. A
-    configuration whose every seed failed keeps the first error."""
+    one seed), mean train time and final loss, and how many seeds scored (``seeds``) and
+    failed (``failed``). A configuration whose every seed failed keeps the first error."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(r["run"], []).append(r)
@@ -44,7 +44,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, runs in groups.items():
         done = [r for r in runs if "error" not in r]
         if not done:
-            rows.append({"run": name, "error": runs[0]["error"], "seeds": len(runs)})
+            rows.append({"run": name, "error": runs[0]["error"], "seeds": 0,
+                         "failed": len(runs)})
             continue
         fams = [f for f in FAMILIES if all(f in r["families"] for r in done)]
         per_family = {f: _mean_sd([r["families"][f] for r in done]) for f in fams}
@@ -64,7 +65,8 @@ def table(results: list[dict[str, Any]]) -> str:
     """Accuracy (%) per configuration and family, with the item counts of the first run;
     over several seeds, mean ± standard deviation (and the count of failed seeds)."""
     rows = summarise(results)
-    several = any(r["seeds"] > 1 for r in rows)
+    seeds = max((r["seeds"] + r["failed"] for r in rows), default=0)   # per configuration
+    several = seeds > 1
     fams = families_present(results)
     lines = ["| run | " + " | ".join(fams) + " | all | train s | final loss |",
              "|---|" + "---|" * (len(fams) + 3)]
@@ -87,8 +89,8 @@ def table(results: list[dict[str, Any]]) -> str:
     lines.append("| questions | " + " | ".join(str(counts.get(f, "–")) for f in fams) +
                  f" | {done[0]['n'] if done else 0} | | |")
     if several:
-        lines += ["", f"Mean ± standard deviation over {max(r['seeds'] for r in rows)} "
-                  "training seeds; per-seed scores in results.json and the nested MLflow runs."]
+        lines += ["", f"Mean ± standard deviation over {seeds} training seeds; per-seed "
+                  "scores in results.json and the nested MLflow runs."]
     return "\n".join(lines)
 
 
