@@ -146,6 +146,15 @@ class ConnectorConfig:
     causal_compat: bool = False   # reproduce the released code's mask (see qformer.py)
     dropout: float = 0.0
     diversity_weight: float = 0.0  # video-SALMONN diversity loss weight λ (0 = off)
+    # Q-Formers: how a slot's frame and audio meet. concat (FAVOR, video-SALMONN, needed for
+    # their weights): visual token p and audio frame p share a position, on the feature dim.
+    # interleave: the slot's visual tokens, then its audio frames, each a position of its
+    # own (the other stream's dims zero); the causal mask is still per slot. See
+    # benchmarks/RESULTS.md (bench-model) for why.
+    stream_fusion: Literal["concat", "interleave"] = "concat"
+    # interleave only: half of each window's queries read the visual positions, half the
+    # audio ones, so neither stream can take every query (the causal module still fuses them).
+    stream_queries: bool = False
     # linear: the first visual token of a frame is [CLS] (only with token_mode all or cls;
     # set false for towers without one, e.g. SigLIP).
     visual_cls: bool = True
@@ -165,6 +174,11 @@ class ConnectorConfig:
         check(len(self.window_s) == len(self.queries) and len(self.queries) > 0, "queries",
               f"needs one entry per window_s entry, got {self.queries} for {self.window_s}")
         check(self.max_s > 0, "max_s", "must be > 0")
+        check(not self.stream_queries or self.stream_fusion == "interleave", "stream_queries",
+              "needs stream_fusion: interleave (each position then holds one stream)")
+        check(not self.stream_queries or all(q % 2 == 0 for q in self.queries), "queries",
+              f"stream_queries gives half of each window's queries to each stream: "
+              f"need even counts, got {self.queries}")
         if self.kind == "qformer":
             check(self.window_s == (0.0,), "window_s",
                   "qformer is clip-level: use window_s: [0] (or causal_qformer for windows)")

@@ -15,8 +15,10 @@ from av_model.sync import frames_per_slot
 
 def qformer_config(c: ConnectorConfig, dims: FeatureDims, fps: float,
                    llm_dim: int) -> QFormerConfig:
-    """Seconds → slots; L = max(Nv, audio frames per slot)."""
-    slot_tokens = max(dims.video_tokens, frames_per_slot(fps, dims.audio_rate))
+    """Seconds → slots; positions per slot L = max(Nv, F) for concat, Nv + F for interleave
+    (F = audio frames per slot)."""
+    nv, f = dims.video_tokens, frames_per_slot(fps, dims.audio_rate)
+    slot_tokens = nv + f if c.stream_fusion == "interleave" else max(nv, f)
     return QFormerConfig(
         video_dim=dims.video_dim, audio_dim=dims.audio_dim, slot_tokens=slot_tokens,
         llm_dim=llm_dim, hidden=c.hidden, heads=c.heads, layers=c.layers,
@@ -24,7 +26,8 @@ def qformer_config(c: ConnectorConfig, dims: FeatureDims, fps: float,
         max_slots=int(math.ceil(c.max_s * fps)), video_proj_dim=c.video_proj_dim,
         audio_proj_dim=c.audio_proj_dim, ffn_dim=c.ffn_dim, dropout=c.dropout,
         causal=c.uses_causal, causal_heads=c.causal_heads, causal_compat=c.causal_compat,
-        diversity_weight=c.diversity_weight)
+        diversity_weight=c.diversity_weight, stream_fusion=c.stream_fusion, video_tokens=nv,
+        stream_queries=c.stream_queries)
 
 
 def build_connector(cfg: ModelConfig, llm_dim: int, embed_rms: float = 1.0) -> Connector:

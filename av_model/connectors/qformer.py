@@ -7,7 +7,11 @@ so a long clip costs linear, not quadratic, attention.
 The forward pass, on slot-aligned features (``SyncedBatch``, ``L`` positions per slot):
 
 1. optional per-modality input projections (the released models map Whisper 1280 -> 768
-   before concatenation); a modality's projection is zeroed where that modality is absent;
+   before concatenation); a modality's projection is zeroed where that modality is absent.
+   ``stream_fusion``: "concat" (FAVOR, the released weights) puts a slot's visual token p and
+   audio frame p at one position; "interleave" gives the slot's Nv visual tokens, then its F
+   audio frames, positions of their own (the other stream's dims zero), so what a query reads
+   of a frame never depends on the sound at that position;
 2. LayerNorm over the concatenated features, cut into windows of ``window_slots`` slots, plus
    a learned position per token within the window (``window_slots * L`` rows);
 3. Q-Former layers, BERT post-norm like BLIP-2's (so ``Blip2QFormerModel`` weights load 1:1):
@@ -15,7 +19,10 @@ The forward pass, on slot-aligned features (``SyncedBatch``, ``L`` positions per
       with a frame-level block mask (applied to the window inputs anew in every layer, as
       the released code does), so temporal order survives the set-like cross-attention;
    b. self-attention among the learned queries;
-   c. cross-attention from the queries to the causal module's output;
+   c. cross-attention from the queries to the causal module's output (``stream_queries``,
+      interleave only: the first half of each window's queries read visual positions, the
+      second half audio positions; why: with one shared set, the fused Q-Former learnt to
+      read only one stream in the synthetic benchmark, see benchmarks/RESULTS.md);
    d. a feed-forward block;
 4. the query outputs of every resolution, concatenated on the feature dim, projected to the
    LLM width; windows past a sample's end are zeroed; optionally RMS-normalised to the LLM's
@@ -73,6 +80,16 @@ class QFormerConfig:
     causal_heads: int = 12       # heads of the causal module (it runs at the input width)
     causal_compat: bool = False  # released-code mask: later slots, padding positions valid
     diversity_weight: float = 0.0  # video-SALMONN diversity loss weight (0 = off)
+    # How a slot's two streams meet (ConnectorConfig.stream_fusion): "concat" puts visual
+    # token p and audio frame p of the slot at one position, on the feature dim (FAVOR);
+    # "interleave" gives the slot's Nv visual tokens and then its audio frames positions of
+    # their own (slot_tokens = Nv + frames per slot), the other stream's dims zero.
+    stream_fusion: str = "concat"
+    video_tokens: int = 0        # Nv, needed by "interleave"
+    # interleave only: the first half of each window's queries cross-attend to the visual
+    # positions only, the second half to the audio positions only (the causal module still
+    # mixes the streams slot by slot before they read).
+    stream_queries: bool = False
 
     def __post_init__(self) -> None:
         for name in ("video_dim", "audio_dim", "slot_tokens", "llm_dim", "hidden", "heads",
@@ -89,6 +106,16 @@ class QFormerConfig:
               "must be >= 0")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.diversity_weight >= 0.0, "diversity_weight", "must be >= 0")
+        check(self.stream_fusion in ("concat", "interleave"), "stream_fusion",
+              f"must be concat or interleave, got {self.stream_fusion!r}")
+        check(self.stream_fusion == "concat" or 0 < self.video_tokens < self.slot_tokens,
+              "video_tokens", f"interleave needs 0 < video_tokens < slot_tokens "
+              f"({self.slot_tokens}), got {self.video_tokens}")
+        check(not self.stream_queries or self.stream_fusion == "interleave", "stream_queries",
+              "needs stream_fusion: interleave (each position holds one stream)")
+        check(not self.stream_queries or all(q % 2 == 0 for q in self.queries), "queries",
+              f"stream_queries splits each window's queries in two: need even counts, "
+              f"got {self.queries}")
         check(self.causal or not self.causal_compat, "causal_compat",
               "only meaningful with causal=True")
         check(not self.causal or self.input_dim % self.causal_heads == 0, "causal_heads",
@@ -164,11 +191,12 @@ class QFormerLayer(nn.Module):
         """The FAVOR causal module on window inputs x (N, T, Dc); identity when off."""
         return x if self.causal is None else self.causal(x, mask=block_mask)
 
-    def forward(self, queries: Tensor, x: Tensor, keys: Tensor, block_mask: Tensor) -> Tensor:
-        """queries (N, Q, H), window inputs x (N, T, Dc), keys (N, T) -> queries (N, Q, H)."""
+    def forward(self, queries: Tensor, x: Tensor, cross_mask: Tensor,
+                block_mask: Tensor) -> Tensor:
+        """queries (N, Q, H), window inputs x (N, T, Dc), cross_mask (N, Q|1, T) -> (N, Q, H)."""
         ctx = self.attend_inputs(x, block_mask)
         q = self.self_attn(queries)
-        q = self.cross_attn(q, ctx, keys[:, None, :])
+        q = self.cross_attn(q, ctx, cross_mask)
         return self.ffn_ln(q + self.ffn_drop(self.ffn_out(F.gelu(self.ffn_in(q)))))
 
 
@@ -180,14 +208,22 @@ class QFormerStack(nn.Module):
         self.query_ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
 
-    def forward(self, queries: Tensor, x: Tensor, keys: Tensor, block_mask: Tensor) -> Tensor:
-        """queries (N, Q, H) over windows x (N, T, Dc) with key mask (N, T) -> (N, Q, H)."""
+    def forward(self, queries: Tensor, x: Tensor, keys: Tensor, block_mask: Tensor,
+                groups: Tensor | None = None) -> Tensor:
+        """queries (N, Q, H) over windows x (N, T, Dc) with key mask (N, T) -> (N, Q, H);
+        groups (Q, T), when given, limits each query to its stream's positions."""
         # A window with no real key (batch padding) may attend everywhere: finite, and its
         # output is zeroed by the connector.
         keys = keys | ~keys.any(dim=1, keepdim=True)
+        mask = keys[:, None, :]                                      # (N, 1, T)
+        if groups is not None:
+            mask = mask & groups[None]                               # (N, Q, T)
+            # A stream absent from the window: its queries read its (zero) positions, a
+            # constant "nothing here", rather than an empty softmax.
+            mask = mask | (~mask.any(-1, keepdim=True) & groups[None])
         q = self.query_ln(queries)
         for layer in self.layers:
-            q = layer(q, x, keys, block_mask)
+            q = layer(q, x, mask, block_mask)
         return q
 
 
@@ -242,14 +278,22 @@ class WindowedQFormer(Connector):
         return max(self._tokens(r, num_slots) for r in range(len(self.cfg.queries)))
 
     def project_inputs(self, batch: SyncedBatch) -> tuple[Tensor, Tensor]:
-        """Steps 1-2 before windowing -> x (B, S, L, Dc) normalised, valid (B, S, L)."""
-        dv = self.cfg.video_dim
-        vid = self.video_proj(batch.features[..., :dv]) * batch.video_mask[..., None]
-        aud = self.audio_proj(batch.features[..., dv:]) * batch.audio_mask[..., None]
-        x = self.ln_in(torch.cat([vid, aud], dim=-1))                # (B, S, L, Dc)
+        """Steps 1-2 before windowing -> x (B, S, L', Dc) normalised, valid (B, S, L');
+        L' = L for concat, Nv + F for interleave (each position then holds one stream)."""
+        cfg, feats = self.cfg, batch.features
+        dv = cfg.video_dim
+        vmask, amask = batch.video_mask, batch.audio_mask             # (B, S, L) each
+        if cfg.stream_fusion == "interleave":
+            nv, na = cfg.video_tokens, cfg.slot_tokens - cfg.video_tokens
+            feats = torch.cat([feats[:, :, :nv], feats[:, :, :na]], dim=2)  # (B, S, Nv+F, Dv+Da)
+            vmask = torch.cat([vmask[:, :, :nv], torch.zeros_like(amask[:, :, :na])], dim=2)
+            amask = torch.cat([torch.zeros_like(vmask[:, :, :nv]), amask[:, :, :na]], dim=2)
+        vid = self.video_proj(feats[..., :dv]) * vmask[..., None]
+        aud = self.audio_proj(feats[..., dv:]) * amask[..., None]
+        x = self.ln_in(torch.cat([vid, aud], dim=-1))                # (B, S, L', Dc)
         slots = batch.slot_mask[..., None]                           # (B, S, 1)
-        valid = slots.expand_as(batch.token_mask) if self.cfg.causal_compat else \
-            batch.token_mask & slots                                 # (B, S, L)
+        valid = slots.expand_as(vmask) if cfg.causal_compat else \
+            (vmask | amask) & slots                                  # (B, S, L')
         return x, valid
 
     def encode_resolution(self, r: int, x: Tensor, valid: Tensor) -> tuple[Tensor, int]:
@@ -263,9 +307,14 @@ class WindowedQFormer(Connector):
         x = x + self.pos(0, w * l)
         slot_ids = torch.arange(w, device=x.device).repeat_interleave(l)  # (W*L,)
         block = frame_block_mask(slot_ids, valid, self.cfg.causal_compat)  # (B*nW, T, T)
-        off = self.query_offsets[r]
-        q = self.queries(off, self.cfg.queries[r]).expand(b * n_win, -1, -1)  # (B*nW, Q, H)
-        return self.qformer(q, x, valid, block), n_win
+        off, n_q = self.query_offsets[r], self.cfg.queries[r]
+        q = self.queries(off, n_q).expand(b * n_win, -1, -1)         # (B*nW, Q, H)
+        groups = None
+        if self.cfg.stream_queries:
+            visual = (torch.arange(l, device=x.device) < self.cfg.video_tokens).repeat(w)  # (W*L,)
+            reads_video = torch.arange(n_q, device=x.device) < n_q // 2  # (Q,)
+            groups = reads_video[:, None] == visual[None, :]          # (Q, W*L)
+        return self.qformer(q, x, valid, block, groups), n_win
 
     def forward(self, batch: SyncedBatch) -> ConnectorOutput:
         """1-2. project, normalise  3. per resolution: windows, Q-Former  4. concat, project."""

@@ -49,3 +49,19 @@ def test_connector_config_errors_name_the_field():
     with pytest.raises(ConfigError) as err:
         build_connector(mrc, llm_dim=64)
     assert err.value.field == "connector.queries"
+
+
+def test_interleave_gives_a_slot_its_visual_tokens_plus_its_audio_frames():
+    cfg = MODEL_PRESETS["favor-vicuna13b"]
+    torch.manual_seed(0)
+    concat = build_connector(cfg, llm_dim=64)
+    inter = dataclasses.replace(cfg, connector=dataclasses.replace(
+        cfg.connector, stream_fusion="interleave"))
+    connector = build_connector(inter, llm_dim=64)
+    frames = int(cfg.dims.audio_rate / cfg.encoders.fps)
+    assert concat.cfg.slot_tokens == max(cfg.dims.video_tokens, frames)
+    assert connector.cfg.slot_tokens == cfg.dims.video_tokens + frames
+    assert connector.tokens_for(120) == concat.tokens_for(120)       # same LLM tokens
+    with pytest.raises(ConfigError) as err:
+        from_dict(ModelConfig, {"connector": {"stream_fusion": "sum"}})
+    assert err.value.field == "connector.stream_fusion"

@@ -8,7 +8,7 @@ from av_model.configlib import ConfigError
 from av_model.connectors import QFormerConfig, QFormerLayer, WindowedQFormer
 from av_model.connectors.qformer import frame_block_mask
 from av_model.losses import mean_pairwise_cosine
-from tests.av_model.conn_helpers import DA, DV, L, make_batch, with_features
+from tests.av_model.conn_helpers import DA, DV, F, L, NV, make_batch, with_features
 
 W, Q, H, DC = 3, 4, 32, DV + DA
 
@@ -62,12 +62,16 @@ def test_causal_module_sees_only_itself_and_earlier_slots():
     torch.testing.assert_close(_causal_outputs(False, x, causal=False), x)  # module off
 
 
-def test_perturbing_a_frame_leaves_earlier_windows_unchanged():
+INTERLEAVE = dict(stream_fusion="interleave", slot_tokens=NV + F, video_tokens=NV)
+
+
+@pytest.mark.parametrize("fusion", [{}, INTERLEAVE], ids=["concat", "interleave"])
+def test_perturbing_a_frame_leaves_earlier_windows_unchanged(fusion):
     batch = make_batch([9])
     moved = batch.features.clone()
     moved[0, 7] += torch.randn(L, DC)                                # slot 7 = window 2
     for compat in (False, True):
-        m = model(causal_compat=compat)
+        m = model(causal_compat=compat, **fusion)
         a, b = m(batch).embeds, m(with_features(batch, moved)).embeds
         torch.testing.assert_close(a[0, :2 * Q], b[0, :2 * Q], atol=1e-6, rtol=0)
         assert (a[0, 2 * Q:] - b[0, 2 * Q:]).abs().amax() > 1e-4
@@ -100,12 +104,15 @@ def test_windows_are_independent_and_clip_level_mixes_everything():
         model(window_slots=(0,), max_slots=4)(batch)
 
 
-def test_masked_tokens_are_ignored_unless_compat():
+@pytest.mark.parametrize("fusion", [{}, INTERLEAVE], ids=["concat", "interleave"])
+def test_masked_tokens_are_ignored_unless_compat(fusion):
     batch = make_batch([7, 3])
-    hidden = ~batch.token_mask[..., None]                           # (B, S, L, 1)
+    # Noise in every dim a mask hides: a masked position, and a real position's other stream.
+    hidden = torch.cat([~batch.video_mask[..., None].expand(-1, -1, -1, DV),
+                        ~batch.audio_mask[..., None].expand(-1, -1, -1, DA)], -1)
     noisy = batch.features + 100.0 * torch.randn_like(batch.features) * hidden
     for causal in (True, False):
-        m = model(causal=causal, audio_proj_dim=6)
+        m = model(causal=causal, audio_proj_dim=6, **fusion)
         torch.testing.assert_close(m(batch).embeds, m(with_features(batch, noisy)).embeds,
                                    atol=1e-6, rtol=0)
     assert not torch.equal(noisy, batch.features)
@@ -123,6 +130,51 @@ def test_zeroed_modality_equals_the_no_modality_path():
     alone = make_batch([4], video=[True], audio=[False])
     alone = with_features(alone, batch.features[1:2])
     torch.testing.assert_close(m(alone).embeds[0], ref, atol=1e-5, rtol=0)
+
+
+def test_interleave_gives_each_stream_positions_of_its_own():
+    """concat: a position's normalised input mixes its visual token and audio frame, so the
+    audio moves what the queries read of the frame. interleave: a slot is its NV visual
+    tokens, then its F audio frames, and neither stream's positions depend on the other."""
+    batch = make_batch([4, 2], video=[True, True], audio=[True, False])
+    louder = batch.features.clone()
+    louder[..., DV:] += torch.randn_like(louder[..., DV:]) * batch.audio_mask[..., None]
+    m = model(**INTERLEAVE)
+    x, valid = m.project_inputs(batch)
+    assert x.shape == (2, 4, NV + F, DC)
+    expected = torch.cat([batch.video_mask[:, :, :NV], batch.audio_mask[:, :, :F]], 2)
+    assert torch.equal(valid, expected & batch.slot_mask[..., None])
+    y, _ = m.project_inputs(with_features(batch, louder))
+    torch.testing.assert_close(x[:, :, :NV], y[:, :, :NV], atol=0, rtol=0)  # frames untouched
+    assert (x[0, :, NV:] - y[0, :, NV:]).abs().amax() > 1e-3
+    x, _ = model().project_inputs(batch)
+    y, _ = model().project_inputs(with_features(batch, louder))
+    assert (x[0, :, :NV] - y[0, :, :NV]).abs().amax() > 1e-3         # concat mixes them
+    out = m(batch)
+    assert out.embeds.shape == (2, 2 * Q, 16) and out.lengths.tolist() == [2 * Q, Q]
+
+
+def test_stream_queries_read_only_their_own_stream():
+    """Half of a window's queries cross-attend to visual positions, half to audio ones; a
+    window without audio still gives finite tokens (its audio queries read zero positions)."""
+    from av_model.connectors.attention import _Recorder
+    batch = make_batch([3, 3], video=[True, True], audio=[True, False])
+    m = model(stream_queries=True, **INTERLEAVE)
+    recs = [_Recorder(layer.cross_attn) for layer in m.qformer.layers]
+    out = m(batch)
+    assert torch.isfinite(out.embeds).all() and out.embeds.shape == (2, Q, 16)
+    visual = (torch.arange(NV + F) < NV).repeat(W)                   # (W*L',)
+    for rec in recs:
+        w = rec.weights[0]                                           # (B*nW, Q, W*L')
+        assert w[:, :Q // 2][..., ~visual].abs().max() == 0          # visual queries
+        assert w[:, Q // 2:][..., visual].abs().max() == 0           # audio queries
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, Q))
+    with pytest.raises(ConfigError) as err:
+        cfg(stream_queries=True)
+    assert err.value.field == "stream_queries"
+    with pytest.raises(ConfigError) as err:
+        cfg(stream_queries=True, queries=(3,), **INTERLEAVE)
+    assert err.value.field == "queries"
 
 
 def test_diversity_cosine_helper_and_aux_loss():
@@ -188,6 +240,8 @@ def test_parity_with_transformers_blip2_qformer():
     (dict(causal_heads=5), "causal_heads"),
     (dict(dropout=1.0), "dropout"),
     (dict(diversity_weight=-0.1), "diversity_weight"),
+    (dict(stream_fusion="sum"), "stream_fusion"),
+    (dict(stream_fusion="interleave"), "video_tokens"),
 ])
 def test_config_validation_names_the_field(kw, field):
     with pytest.raises(ConfigError) as err:
