@@ -121,6 +121,13 @@ class BenchConfig:
     # data.caption_mix: this fraction of samples train on the clip's caption ("A red circle,
     # then a blue square. A low tone and two beeps.") instead of a question.
     caption_mix: float = 0.0
+    # The Q-Formers' streams (connector.stream_fusion / stream_queries): false = FAVOR's
+    # layout, a frame's tokens and its audio frames concatenated on the feature dim and read
+    # by one set of queries; true = each stream at positions of its own and half of each
+    # window's queries per stream (mrc_qformer then uses 2 s and 1 s windows of 4 and 2
+    # queries: even counts at an equal rate). With FAVOR's layout the fused Q-Formers read
+    # only one stream in 3000 steps (benchmarks/RESULTS.md).
+    stream_queries: bool = False
     seed: int = 0
     # Training runs per configuration, with seeds seed, seed+1, ... (connector initialisation,
     # data order, the collator's draws; the corpus, features and LLM stay those of ``seed``).
@@ -217,6 +224,11 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainC
     base = dataclasses.replace(base, encoders=encoders)
     connector = dataclasses.replace(tiny_model_config(paths, spec.connector).connector,
                                     output_norm=cfg.output_norm)
+    if cfg.stream_queries and spec.connector != "linear":
+        windows = {"window_s": (2.0, 1.0), "queries": (4, 2)} \
+            if spec.connector == "mrc_qformer" else {}
+        connector = dataclasses.replace(connector, stream_fusion="interleave",
+                                        stream_queries=True, **windows)
     model = dataclasses.replace(base, connector=connector,
                                 llm=dataclasses.replace(base.llm, mode=cfg.llm_mode))
     mix = {"joint": 1.0 if len(spec.modalities) == 2 else 0.0,

@@ -143,6 +143,10 @@ def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
         f"{cfg.output_norm}, lr {cfg.lr:g}"
         + (f" (connector {cfg.connector_lr:g})" if cfg.connector_lr else "")
         + f", one CPU thread per run, {cfg.parallel} runs at a time",
+        "- Q-Formers: " + ("each stream at positions of its own, half of each window's "
+                           "queries per stream (`stream_queries`)" if cfg.stream_queries else
+                           "FAVOR's layout, a frame's tokens and its audio concatenated on the "
+                           "feature dim, one set of queries"),
         "- evaluation: greedy answers (≤ %d tokens), accuracy after answer normalisation"
         % cfg.max_tokens, "",
         table(results), "",

@@ -145,3 +145,24 @@ def test_table_gives_mean_and_spread_over_seeds():
     assert "| linear/both | 75.0 ± 35.4 | 50.0 ± 0.0 | 62.5 ± 17.7 | 10 | 0.100 |" in text
     assert "| qformer/both (1 of 2 seeds failed) | 25.0 ± 0.0 | 75.0 ± 0.0 |" in text
     assert "over 2 training seeds" in text
+
+
+def test_stream_queries_reach_every_q_former_and_keep_mrc_rates_equal(tmp_path):
+    from av_model.tiny import save_tiny_models
+
+    enc = save_tiny_models(tmp_path / "enc")
+    paths = {**enc, "model_yaml": str(tmp_path / "enc" / "model.yaml"),
+             "features": str(tmp_path / "features")}
+    cfg = from_dict(bench_model.BenchConfig, {"stream_queries": True})
+    kinds = {}
+    for kind in bench_model.CONNECTORS:
+        c = bench_model.run_config(cfg, bench_model.RunSpec(kind), paths).model.connector
+        kinds[kind] = (c.stream_fusion, c.stream_queries, c.window_s, c.queries)
+    assert kinds["linear"][:2] == ("concat", False)
+    assert kinds["causal_qformer"] == ("interleave", True, (2.0,), (4,))
+    assert kinds["qformer"] == ("interleave", True, (0.0,), (4,))
+    assert kinds["mrc_qformer"] == ("interleave", True, (2.0, 1.0), (4, 2))
+    plain = bench_model.run_config(from_dict(bench_model.BenchConfig, {}),
+                                   bench_model.RunSpec("causal_qformer"), paths)
+    assert (plain.model.connector.stream_fusion, plain.model.connector.stream_queries) == \
+        ("concat", False)
