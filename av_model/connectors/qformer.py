@@ -286,8 +286,9 @@ class WindowedQFormer(Connector):
         if cfg.stream_fusion == "interleave":
             nv, na = cfg.video_tokens, cfg.slot_tokens - cfg.video_tokens
             feats = torch.cat([feats[:, :, :nv], feats[:, :, :na]], dim=2)  # (B, S, Nv+F, Dv+Da)
-            vmask = torch.cat([vmask[:, :, :nv], torch.zeros_like(amask[:, :, :na])], dim=2)
-            amask = torch.cat([torch.zeros_like(vmask[:, :, :nv]), amask[:, :, :na]], dim=2)
+            no_v, no_a = torch.zeros_like(vmask[:, :, :nv]), torch.zeros_like(amask[:, :, :na])
+            vmask, amask = (torch.cat([vmask[:, :, :nv], no_a], dim=2),   # (B, S, Nv+F)
+                            torch.cat([no_v, amask[:, :, :na]], dim=2))
         vid = self.video_proj(feats[..., :dv]) * vmask[..., None]
         aud = self.audio_proj(feats[..., dv:]) * amask[..., None]
         x = self.ln_in(torch.cat([vid, aud], dim=-1))                # (B, S, L', Dc)

@@ -8,6 +8,7 @@ import torch
 from av_model.config import MODEL_PRESETS, ConnectorConfig, ModelConfig
 from av_model.configlib import ConfigError, dump_yaml, from_dict
 from av_model.connectors.factory import build_connector
+from av_model.sync import frames_per_slot
 
 import yaml
 
@@ -58,7 +59,7 @@ def test_interleave_gives_a_slot_its_visual_tokens_plus_its_audio_frames():
     inter = dataclasses.replace(cfg, connector=dataclasses.replace(
         cfg.connector, stream_fusion="interleave"))
     connector = build_connector(inter, llm_dim=64)
-    frames = int(cfg.dims.audio_rate / cfg.encoders.fps)
+    frames = frames_per_slot(cfg.encoders.fps, cfg.dims.audio_rate)
     assert concat.cfg.slot_tokens == max(cfg.dims.video_tokens, frames)
     assert connector.cfg.slot_tokens == cfg.dims.video_tokens + frames
     assert connector.tokens_for(120) == concat.tokens_for(120)       # same LLM tokens
