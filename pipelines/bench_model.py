@@ -97,7 +97,9 @@ class BenchConfig:
     connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
     ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too
     ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
-    steps: int = 3000             # optimizer steps per run
+    # Optimizer steps per run. The fused Q-Formers start to read the frames between 3000 and
+    # 9000 steps (benchmarks/RESULTS.md, runs C, F, I); 4000 is what fits 20 minutes here.
+    steps: int = 4000
     batch_size: int = 8
     # 5e-4, not the 2e-3 of earlier runs: with oracle media tokens (colour + kind embeddings)
     # the tiny LLM learnt "the colour of the square" at 85-96 % with 5e-4 and at 43 % with
@@ -111,6 +113,11 @@ class BenchConfig:
     # (benchmarks/RESULTS.md).
     llm_dim: int = 128
     llm_layers: int = 2
+    # llm.system_prompt of every run. Empty: Vicuna's preamble is 64 tokens in the tiny LLM's
+    # 512-token vocabulary, most of a sample, and a from-scratch LLM learns nothing from a
+    # constant. Without it a linear/both run took 137 s instead of 224 s, a causal one 208 s
+    # instead of 310 s (benchmarks/RESULTS.md, run J).
+    system_prompt: str = ""
     # connector.output_norm of every run: rms starts media tokens at the text tokens' scale
     # (none: the raw projection; see benchmarks/RESULTS.md for both).
     output_norm: str = "rms"
@@ -229,8 +236,8 @@ def run_config(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str]) -> TrainC
             if spec.connector == "mrc_qformer" else {}
         connector = dataclasses.replace(connector, stream_fusion="interleave",
                                         stream_queries=True, **windows)
-    model = dataclasses.replace(base, connector=connector,
-                                llm=dataclasses.replace(base.llm, mode=cfg.llm_mode))
+    model = dataclasses.replace(base, connector=connector, llm=dataclasses.replace(
+        base.llm, mode=cfg.llm_mode, system_prompt=cfg.system_prompt))
     mix = {"joint": 1.0 if len(spec.modalities) == 2 else 0.0,
            "video_only": 1.0 if spec.modalities == ("video",) else 0.0,
            "audio_only": 1.0 if spec.modalities == ("audio",) else 0.0}

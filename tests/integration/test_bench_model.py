@@ -38,6 +38,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     assert "kept" in text and text.count(bench_report.SECTION_BEGIN) == 1
     assert "| causal_qformer/audio |" in text and "](bench_model.png)" in text
     assert " ± " in text and "over 2 training seeds" in text
+    assert "LLM (no system prompt)" in text
     assert (tmp_path / "bench_model.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "bm" / "results.json").read_text())
     assert [r["run"] for r in saved["results"]] == runs
@@ -55,6 +56,7 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
     model_cfg = load_model_config(str(run_dir / "model"))
     assert model_cfg.encoders.visual.name_or_path == str(data / "visual")
     assert model_cfg.encoders.audio.name_or_path == str(data / "audio")
+    assert model_cfg.llm.system_prompt == ""      # the bench's default: no preamble
     llm = json.loads((tmp_path / "bm" / "encoders" / "llm" / "config.json").read_text())
     assert (llm["hidden_size"], llm["num_hidden_layers"]) == (32, 2)
     probes = feature_probe.main(["--features", str(data / "features"),
@@ -166,3 +168,17 @@ def test_stream_queries_reach_every_q_former_and_keep_mrc_rates_equal(tmp_path):
                                    bench_model.RunSpec("causal_qformer"), paths)
     assert (plain.model.connector.stream_fusion, plain.model.connector.stream_queries) == \
         ("concat", False)
+
+
+def test_runs_drop_the_system_prompt_unless_one_is_given(tmp_path):
+    from av_model.tiny import save_tiny_models
+
+    enc = save_tiny_models(tmp_path / "enc")
+    paths = {**enc, "model_yaml": str(tmp_path / "enc" / "model.yaml"),
+             "features": str(tmp_path / "features")}
+    spec = bench_model.RunSpec("linear")
+    plain = bench_model.run_config(from_dict(bench_model.BenchConfig, {}), spec, paths)
+    assert plain.model.llm.system_prompt == ""
+    given = from_dict(bench_model.BenchConfig, {"system_prompt": "Answer briefly."})
+    assert bench_model.run_config(given, spec, paths).model.llm.system_prompt == \
+        "Answer briefly."
