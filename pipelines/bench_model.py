@@ -97,8 +97,9 @@ class BenchConfig:
     connectors: list[str] = field(default_factory=lambda: list(CONNECTORS))
     ablation_connector: str = "causal_qformer"   # trained video-only and audio-only too
     ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
-    # Optimizer steps per run. The fused Q-Formers start to read the frames between 3000 and
-    # 9000 steps (benchmarks/RESULTS.md, runs C, F, I); 4000 is what fits 20 minutes here.
+    # Optimizer steps per run. With Vicuna's system prompt the fused Q-Formers read only the
+    # audio at 3000 steps (runs C, E) and the frames by 9000 (F); without it they read the
+    # frames at 3000 already (benchmarks/RESULTS.md, run J). 4000 is what fits 20 minutes.
     steps: int = 4000
     batch_size: int = 8
     # 5e-4, not the 2e-3 of earlier runs: with oracle media tokens (colour + kind embeddings)
@@ -132,8 +133,8 @@ class BenchConfig:
     # layout, a frame's tokens and its audio frames concatenated on the feature dim and read
     # by one set of queries; true = each stream at positions of its own and half of each
     # window's queries per stream (mrc_qformer then uses 2 s and 1 s windows of 4 and 2
-    # queries: even counts at an equal rate). With FAVOR's layout the fused Q-Formers read
-    # only one stream in 3000 steps (benchmarks/RESULTS.md).
+    # queries: even counts at an equal rate). With FAVOR's layout and Vicuna's system prompt
+    # the fused Q-Formers read only one stream in 3000 steps (benchmarks/RESULTS.md).
     stream_queries: bool = False
     seed: int = 0
     # Training runs per configuration, with seeds seed, seed+1, ... (connector initialisation,

@@ -136,7 +136,7 @@ def report(cfg, results: list[dict[str, Any]], timings: dict[str, float],
                   if ta.steps else "the random tiny Whisper"),
         f"- training: tiny encoders' stored features, a {cfg.llm_layers}-layer "
         f"{cfg.llm_dim}-wide {cfg.llm_mode} LLM ("
-        + (f"system prompt \"{cfg.system_prompt}\"" if cfg.system_prompt else "no system prompt")
+        + (f"system prompt {cfg.system_prompt!r}" if cfg.system_prompt else "no system prompt")
         + f"), {cfg.steps} "
         f"steps × {cfg.batch_size} clips ({TURNS[cfg.turns]}"
         + (f"; {cfg.caption_mix:.0%} of samples the clip's caption" if cfg.caption_mix else "")
