@@ -99,7 +99,8 @@ class BenchConfig:
     ablations: list[str] = field(default_factory=lambda: ["video", "audio"])
     # Optimizer steps per run. With Vicuna's system prompt the fused Q-Formers read only the
     # audio at 3000 steps (runs C, E) and the frames by 9000 (F); without it they read the
-    # frames at 3000 already (benchmarks/RESULTS.md, run J). 4000 is what fits 20 minutes.
+    # frames at 3000 already (benchmarks/RESULTS.md, run J). With 4000 the bench took 1017 s
+    # warm and 1290 s cold here (run J).
     steps: int = 4000
     batch_size: int = 8
     # 5e-4, not the 2e-3 of earlier runs: with oracle media tokens (colour + kind embeddings)
@@ -285,7 +286,10 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
 
     torch.set_num_threads(1)
     torch.manual_seed(spec.seed)
-    rows = [r for r in read_rows(paths["features"], "train") if r["conversations"]]
+    # In clip order: the shards' row order is the extraction's completion order, which
+    # differs between two builds of the same features, and with it the seed's data order.
+    rows = sorted((r for r in read_rows(paths["features"], "train") if r["conversations"]),
+                  key=lambda r: r["clip_id"])
     model = AVModel.build(tcfg.model, load_encoders=False)
     collator = Collator(model, tcfg.data, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)

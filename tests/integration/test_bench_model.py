@@ -14,14 +14,15 @@ from pipelines import bench_model, bench_report
 pytestmark = pytest.mark.slow
 
 
-def test_bench_model_small(tmp_path, mlflow_server, ray_local):
+def test_bench_model_small(tmp_path, mlflow_server, ray_local, monkeypatch):
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\n## Other\n\nkept\n")
-    out = bench_model.main([
-        "--workdir", str(tmp_path / "bm"), "synth.n=16", "steps=6", "batch_size=4", "log_every=4",
+    overrides = [
+        "synth.n=16", "steps=6", "batch_size=4", "log_every=4",
         "connectors=[causal_qformer,qformer]", "ablations=[audio]", "ray.progress_bars=false",
         "teach_visual.steps=5", "teach_audio.steps=3", "llm_dim=32", "seeds=2",
-        f"results_md={results_md}", f"tracking.uri={mlflow_server}"])
+        f"results_md={results_md}", f"tracking.uri={mlflow_server}"]
+    out = bench_model.main(["--workdir", str(tmp_path / "bm"), *overrides])
     runs = [r["run"] for r in out["results"]]
     assert runs == [n for n in ("causal_qformer/both", "qformer/both", "causal_qformer/audio")
                     for _ in range(2)]
@@ -90,6 +91,23 @@ def test_bench_model_small(tmp_path, mlflow_server, ray_local):
         assert sorted(m.step for m in loss) == [4, 6]              # log_every=4, and the last
         assert child.data.metrics["accuracy"] == pytest.approx(r["accuracy"])
         assert child.data.metrics["accuracy.order"] == pytest.approx(r["families"]["order"])
+
+    # A run's data order is its seed's, not the shards' row order (the extraction's completion
+    # order, which differs between two builds of the same features): the same rows read in
+    # reverse train the same model.
+    from pipelines import train_data
+
+    cfg = bench_model.jobs.parse_job_config(
+        bench_model.BenchConfig, [f"workdir={tmp_path / 'bm'}", *overrides], "")
+    with bench_model.jobs.ray_session(cfg.ray):
+        paths = bench_model.prepare_data(cfg)
+    spec = bench_model.RunSpec("qformer")
+    tcfg = bench_model.run_config(cfg, spec, paths)
+    read = train_data.read_rows
+    shard_order, _ = bench_model._train_and_evaluate(cfg, spec, paths, str(tmp_path / "a"), tcfg)
+    monkeypatch.setattr(train_data, "read_rows", lambda *a, **k: read(*a, **k)[::-1])
+    reversed_, _ = bench_model._train_and_evaluate(cfg, spec, paths, str(tmp_path / "b"), tcfg)
+    assert reversed_["final_loss"] == shard_order["final_loss"]
 
 
 def test_write_section_replaces_its_own_block(tmp_path):
