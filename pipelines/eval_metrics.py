@@ -4,8 +4,10 @@
               normaliser (Whisper's English normaliser by default, as in Whisper's and the
               FAVOR/SALMONN ASR tables)
     caption   pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr on PTB-tokenised text, plus
-              SPICE and SPIDEr when Stanford CoreNLP's models are present (they cannot be
-              downloaded here; the metric is skipped with a message saying so)
+              SPICE and SPIDEr when Stanford CoreNLP 3.6.0's jars are present (they cannot be
+              downloaded here). What a machine cannot compute (METEOR and the PTB tokenizer
+              need Java) is named by ``caption_skips``: the harness logs it once per task
+              and records it beside the scores
     accuracy  an answer counts when, after normalisation, it equals a reference (or, with
               ``match="contains"``, holds one as a whole-word phrase)
     choice_accuracy   multiple choice: the answer is mapped to one option (by letter, index,
@@ -20,7 +22,6 @@ and per-sample predictions alike.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import shutil
@@ -30,7 +31,6 @@ import jiwer
 from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
-log = logging.getLogger(__name__)
 METRICS = ("wer", "caption", "accuracy", "choice_accuracy", "vqa_accuracy")
 NORMALISERS = ("whisper_en", "whisper_basic", "answer", "none")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -90,17 +90,49 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
+SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
+
+def spice_missing(lib: str | None = None) -> str | None:
+    """Why SPICE cannot run here, or None. spice-1.0.jar's class path names both CoreNLP
+    3.6.0 jars, and ``Spice()`` tries to download them (no network here) unless the code
+    jar is already in ``lib`` (pycocoevalcap's ``spice/lib``): both must be there."""
+    if not java_available():
+        return "SPICE needs a Java runtime (java not on PATH)"
+    if lib is None:
+        from pycocoevalcap import spice
+        lib = os.path.join(os.path.dirname(spice.__file__), "lib")
+    absent = [j for j in SPICE_JARS if not os.path.isfile(os.path.join(lib, j))]
+    if absent:
+        return (f"SPICE needs Stanford CoreNLP 3.6.0: {', '.join(absent)} not in {lib} (run "
+                f"pycocoevalcap.spice.get_stanford_models on a machine with internet)")
+    return None
+
+
 def spice_available() -> bool:
-    """SPICE needs the Stanford CoreNLP 3.6.0 jars next to pycocoevalcap's spice jar."""
-    from pycocoevalcap import spice
-    lib = os.path.join(os.path.dirname(spice.__file__), "lib")
-    return java_available() and os.path.isfile(
-        os.path.join(lib, "stanford-corenlp-3.6.0-models.jar"))
+    return spice_missing() is None
+
+
+def caption_skips(with_meteor: bool = True) -> dict[str, str]:
+    """What ``caption`` leaves out or approximates on this machine, name → reason. Why it
+    is returned, not only logged: a results table without a METEOR or SPICE column must
+    say why, and a score from approximate tokenisation must not pass for the COCO one."""
+    out: dict[str, str] = {}
+    if not java_available():
+        out["ptb_tokenizer"] = ("approximated: no Java runtime (java not on PATH), so "
+                                "captions were tokenised by Whisper's basic normaliser instead "
+                                "of the PTB tokenizer (scores differ slightly from COCO's)")
+        if with_meteor:
+            out["meteor"] = "not computed: METEOR needs a Java runtime (java not on PATH)"
+    if (why := spice_missing()) is not None:
+        out["spice"] = f"not computed: {why}"
+        out["spider"] = "not computed: SPIDEr is the mean of SPICE and CIDEr"
+    return out
 
 
 def _tokenise(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     """PTB tokenisation as in the COCO caption evaluation (Java). Without Java the same
-    rule is approximated by Whisper's basic normaliser, and the log says so."""
+    rule is approximated by Whisper's basic normaliser (``caption_skips`` says so)."""
     if java_available():
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
         return PTBTokenizer().tokenize({k: [{"caption": c} for c in v]
@@ -111,13 +143,16 @@ def _tokenise(captions: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def caption(predictions: Sequence[str], references: Sequence[Sequence[str]],
             with_meteor: bool = True) -> tuple[dict[str, float], list[float]]:
-    """COCO caption metrics; per-sample scores are each caption's CIDEr."""
+    """COCO caption metrics; per-sample scores are each caption's CIDEr. Metrics this
+    machine cannot compute are absent (``caption_skips(with_meteor)`` names them); they
+    are not logged here, as the harness calls this once per task and once per group."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     if not predictions:
         return {}, []
+    skips = caption_skips(with_meteor)
     keys = [str(i) for i in range(len(predictions))]
     res = _tokenise({k: [p] for k, p in zip(keys, predictions)})
     gts = _tokenise({k: list(r) for k, r in zip(keys, references)})
@@ -127,18 +162,13 @@ def caption(predictions: Sequence[str], references: Sequence[Sequence[str]],
     agg["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     cider, per = Cider().compute_score(gts, res)
     agg["cider"] = float(cider)
-    if with_meteor and java_available():
+    if with_meteor and "meteor" not in skips:
         from pycocoevalcap.meteor.meteor import Meteor
         agg["meteor"] = float(Meteor().compute_score(gts, res)[0])
-    elif with_meteor:
-        log.warning("METEOR skipped: it needs a Java runtime (java not on PATH)")
-    if spice_available():
+    if "spice" not in skips:
         from pycocoevalcap.spice.spice import Spice
         agg["spice"] = float(Spice().compute_score(gts, res)[0])
         agg["spider"] = (agg["spice"] + agg["cider"]) / 2.0
-    else:
-        log.warning("SPICE and SPIDEr skipped: they need Java and Stanford CoreNLP 3.6.0 "
-                    "(run pycocoevalcap.spice.get_stanford_models on a machine with internet)")
     return agg, [float(x) for x in per]
 
 

@@ -135,13 +135,9 @@ class EvalPredictor:
                              task.max_tokens)
             req = self.predictor.prepare(body)
             if task.features:
-                feats = stored.get((row["task"], row["clip_id"]))
-                if feats is None:
-                    return f"clip {row['clip_id']!r} is not in the features at {task.features}"
-                if isinstance(feats, str):
-                    return feats
-                req = dataclasses.replace(req, video=feats[0], audio=feats[1])
-            return _restrict(req, task.modalities)
+                req = _with_stored(req, row, stored.get((row["task"], row["clip_id"])),
+                                   task.features)
+            return req if isinstance(req, str) else _restrict(req, task.modalities)
         except ApiError as err:
             return err.message
         except Exception as err:  # noqa: BLE001 - one bad item must not sink the run
@@ -152,6 +148,23 @@ class EvalPredictor:
 def _plain(value: Any) -> Any:
     """A numpy batch cell → str or None (Arrow turns an all-null column into NaN floats)."""
     return value if isinstance(value, str) else None
+
+
+def _with_stored(req: GenRequest, row: dict[str, Any], feats: Any, where: str
+                 ) -> GenRequest | str:
+    """Stored features on a media-less request. The request was built without media parts,
+    so whether the visual is a still comes from the item's own ``image`` column: without
+    it an image would pass as a one-frame video (and an image-only task would refuse it)."""
+    if feats is None:
+        return f"clip {row['clip_id']!r} is not in the features at {where}"
+    if isinstance(feats, str):
+        return feats
+    video, audio = feats
+    image = bool(row.get("image")) and video is not None
+    if image and video.shape[0] != 1:   # video (T, Nv, Dv): a still is one frame
+        return (f"clip {row['clip_id']!r} is an image but its stored features have "
+                f"{video.shape[0]} frames")
+    return dataclasses.replace(req, video=video, audio=audio, image=image)
 
 
 def _restrict(req: GenRequest, modalities: list[str]) -> GenRequest | str:

@@ -3,12 +3,16 @@
 A task's score is its metric over the items that got an answer; items whose media could not
 be used are counted (``errors``) and listed in ``errors.jsonl``, never silently dropped.
 The per-modality table groups tasks by the streams their items gave the model (audio,
-image, video, audio+video), as the AVEB tables do.
+image, video, audio+video), as the AVEB tables do. A metric this machine could not compute
+(METEOR without Java, SPICE without CoreNLP) or computed approximately is listed with the
+reason under the task's ``skipped``, in both files and as MLflow tags: an absent column or
+a shifted score must say why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +20,8 @@ from typing import Any
 from pipelines import eval_metrics as metrics
 from pipelines import storage
 from pipelines.eval_config import TaskConfig
+
+log = logging.getLogger(__name__)
 
 SAMPLE_KEYS = ("id", "prompt", "prediction", "references", "choices", "score", "error",
                "finish_reason")
@@ -35,6 +41,7 @@ class TaskResult:
     scores: dict[str, float]
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # metric → why absent/approximate
 
     @property
     def primary(self) -> tuple[str, float]:
@@ -44,7 +51,7 @@ class TaskResult:
     def summary(self) -> dict[str, Any]:
         return {"metric": self.metric, "modality": self.modality, "n": self.n,
                 "errors": self.errors, "primary": self.primary[0], "scores": self.scores,
-                "groups": self.groups}
+                "groups": self.groups, "skipped": self.skipped}
 
 
 def compute(task: TaskConfig, items: list[dict[str, Any]]) -> tuple[dict[str, float], list[float]]:
@@ -59,7 +66,7 @@ def compute(task: TaskConfig, items: list[dict[str, Any]]) -> tuple[dict[str, fl
         return metrics.choice_accuracy(preds, refs, [it["choices"] for it in items],
                                        task.normalise)
     if task.metric == "vqa_accuracy":
-        answers = [json.loads(it["meta"]).get("answers", it["references"]) for it in items]
+        answers = [json.loads(it["meta"])["answers"] for it in items]  # evaluate.check_answers
         return metrics.vqa_accuracy(preds, answers, task.normalise)
     return metrics.accuracy(preds, refs, task.normalise, task.match)
 
@@ -77,9 +84,19 @@ def modality(task: TaskConfig, items: list[dict[str, Any]]) -> str:
     return "+".join(sorted(used)) or "none"
 
 
+def skipped_metrics(name: str, task: TaskConfig) -> dict[str, str]:
+    """What the task's metric cannot compute here, logged once for the task (its groups
+    would repeat it)."""
+    skipped = metrics.caption_skips() if task.metric == "caption" else {}
+    for metric, reason in skipped.items():
+        log.warning("task %s: %s %s", name, metric, reason)
+    return skipped
+
+
 def score(name: str, task: TaskConfig, items: list[dict[str, Any]]) -> TaskResult:
     """Aggregate and per-group scores; every item appears in ``samples``."""
     answered = [it for it in items if it.get("error") is None]
+    skipped = skipped_metrics(name, task) if answered else {}
     agg, per = compute(task, answered) if answered else ({}, [])
     for it, s in zip(answered, per):
         it["score"] = s
@@ -92,7 +109,7 @@ def score(name: str, task: TaskConfig, items: list[dict[str, Any]]) -> TaskResul
             groups[key] = {**g_agg, "n": float(len(subset))}
     samples = [{k: it.get(k) for k in SAMPLE_KEYS} for it in items]
     return TaskResult(name, task.metric, modality(task, items), len(answered),
-                      len(items) - len(answered), agg, groups, samples)
+                      len(items) - len(answered), agg, groups, samples, skipped)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -123,6 +140,11 @@ def markdown(results: list[TaskResult], checkpoint: str) -> str:
             lines += ["", f"## {r.name} by group", "", f"| group | {key} | n |", "|---|---|---|"]
             lines += [f"| {g} | {_fmt(s.get(key, float('nan')))} | {int(s['n'])} |"
                       for g, s in r.groups.items()]
+    skipped = [(r.name, m, why) for r in results for m, why in r.skipped.items()]
+    if skipped:
+        lines += ["", "## Skipped or approximated metrics", "", "| task | metric | reason |",
+                  "|---|---|---|"]
+        lines += [f"| {t} | {m} | {why.replace('|', '/')} |" for t, m, why in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +206,9 @@ def log_mlflow(tracker, results: list[TaskResult], errors: list[dict[str, Any]],
                           "tasks": {r.name: r.summary() for r in results}}, "results.json")
     client.log_text(run, markdown(results, checkpoint), "results.md")
     client.log_text(run, _jsonl(errors).decode(), "errors.jsonl")
+    for r in results:
+        for metric, why in r.skipped.items():
+            client.set_tag(run, f"avray.skipped.{r.name}.{metric}", why[:5000])
     for r in results if log_predictions else []:
         if r.samples:
             columns = {k: [json.dumps(s[k]) if isinstance(s[k], list) else s[k]

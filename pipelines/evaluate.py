@@ -40,6 +40,20 @@ def prompt_text(task: TaskConfig, item: dict[str, Any]) -> str:
                               letters=", ".join(letters)).strip()
 
 
+def check_answers(name: str, task: TaskConfig, items: list[dict[str, Any]]) -> None:
+    """vqa_accuracy counts the annotators who gave an answer (``meta.answers``, VQA's ten).
+    Scored against an item's distinct references instead, one reference always scores 0
+    (no *other* annotator agrees): such a task fails here, not as a score near zero."""
+    if task.metric != "vqa_accuracy":
+        return
+    lacking = [it["id"] for it in items if not json.loads(it["meta"]).get("answers")]
+    if lacking:
+        raise ConfigError(f"tasks.{name}.metric",
+                          f"vqa_accuracy needs each item's meta.answers (every annotator's "
+                          f"answer); {len(lacking)} of {len(items)} items have none (first: "
+                          f"{lacking[0]!r}); use accuracy to score against references")
+
+
 def load_tasks(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
     """Every selected task's items, prompts filled in; an unreadable annotation source is a
     config error naming the task."""
@@ -56,6 +70,7 @@ def load_tasks(cfg: EvalConfig) -> dict[str, list[dict[str, Any]]]:
         if not items:
             raise ConfigError(f"tasks.{name}", f"no items in {task.annotations} "
                                                f"(split {task.split!r})")
+        check_answers(name, task, items)
         for it in items:
             it["prompt"] = prompt_text(task, it)
         out[name] = items

@@ -102,3 +102,40 @@ def test_normalisers():
     with pytest.raises(ValueError, match="unknown normaliser"):
         m.normaliser("mystery")
     assert math.isclose(m.wer(["a"], ["a"])[0]["wer"], 0.0)
+
+
+def test_spice_jars_are_the_ones_spice_jar_loads():
+    """spice-1.0.jar's manifest class path is what the JVM loads: both CoreNLP jars."""
+    import os
+    import zipfile
+
+    from pycocoevalcap import spice
+
+    jar = os.path.join(os.path.dirname(spice.__file__), "spice-1.0.jar")
+    with zipfile.ZipFile(jar) as z:
+        manifest = z.read("META-INF/MANIFEST.MF").decode().replace("\r\n ", "").replace("\n ", "")
+    class_path = next(line for line in manifest.splitlines() if line.startswith("Class-Path:"))
+    corenlp = {p.split("/")[-1] for p in class_path.split()[1:] if "corenlp" in p}
+    assert corenlp == set(m.SPICE_JARS)
+
+
+@pytest.mark.skipif(not m.java_available(), reason="the jars are looked at once Java is there")
+def test_spice_needs_both_corenlp_jars(tmp_path):
+    """Spice() downloads the code jar when it is absent (no network here): the models jar
+    alone does not make SPICE available."""
+    (tmp_path / "stanford-corenlp-3.6.0-models.jar").write_bytes(b"")
+    why = m.spice_missing(str(tmp_path))
+    assert why is not None and f"stanford-corenlp-3.6.0.jar not in {tmp_path}" in why
+    (tmp_path / "stanford-corenlp-3.6.0.jar").write_bytes(b"")
+    assert m.spice_missing(str(tmp_path)) is None
+
+
+def test_caption_without_java_names_what_it_left_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))          # no java on this PATH
+    skips = m.caption_skips()
+    assert set(skips) == {"ptb_tokenizer", "meteor", "spice", "spider"}
+    assert skips["ptb_tokenizer"].startswith("approximated: no Java runtime")
+    assert "meteor" not in m.caption_skips(with_meteor=False)
+    assert m.spice_missing(str(tmp_path)) == "SPICE needs a Java runtime (java not on PATH)"
+    agg, _ = m.caption(["a red circle"], [["A red circle."]])
+    assert agg["bleu_1"] == pytest.approx(1.0) and not {"meteor", "spice", "spider"} & set(agg)
