@@ -74,7 +74,7 @@ def _in_process(prep, steps: int, batch: int, warmup: int, ds: bool, stage: int)
     from av_model.model import AVModel
     from pipelines.train import preflight
     from pipelines.train_config import load_train_config
-    from pipelines.train_data import Collator, iterate_rows, read_rows
+    from pipelines.train_data import Collator, read_rows, row_epochs
     from pipelines.train_loop import LoopState, Trainer
 
     cfg, _ = preflight(load_train_config(
@@ -83,7 +83,6 @@ def _in_process(prep, steps: int, batch: int, warmup: int, ds: bool, stage: int)
     torch.manual_seed(0)
     model = AVModel.build(cfg.model, load_encoders=False)
     rows = read_rows(prep["features"], "train")
-    collator = Collator(model, cfg.data)
     stamps: list[float] = []
     waits: list[float] = []
     tokens: list[float] = []
@@ -93,11 +92,7 @@ def _in_process(prep, steps: int, batch: int, warmup: int, ds: bool, stage: int)
         waits.append(metrics["data_wait_fraction"])
         tokens.append(metrics["tokens_per_s"])
 
-    def epochs(epoch, skip):
-        for i, b in enumerate(iterate_rows(rows, batch)):
-            if i >= skip:
-                yield collator(b)
-
+    epochs = row_epochs(rows, Collator(model, cfg.data), batch)
     trainer = Trainer(model, cfg, report)
     phases = _time_phases(trainer.engine)
     with tempfile.TemporaryDirectory() as tmp:

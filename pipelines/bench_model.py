@@ -281,7 +281,7 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
 
     from av_model import checkpoint as av_checkpoint
     from av_model.model import AVModel
-    from pipelines.train_data import Collator, iterate_rows, read_rows
+    from pipelines.train_data import Collator, read_rows, row_epochs
     from pipelines.train_loop import LoopState, Trainer
 
     torch.set_num_threads(1)
@@ -291,15 +291,8 @@ def _train_and_evaluate(cfg: BenchConfig, spec: RunSpec, paths: dict[str, str], 
     rows = sorted((r for r in read_rows(paths["features"], "train") if r["conversations"]),
                   key=lambda r: r["clip_id"])
     model = AVModel.build(tcfg.model, load_encoders=False)
-    collator = Collator(model, tcfg.data, seed=spec.seed)
-    rng = np.random.default_rng(spec.seed)
-
-    def epochs(epoch: int, skip: int):
-        order = [rows[i] for i in rng.permutation(len(rows))]
-        for i, batch in enumerate(iterate_rows(order, cfg.batch_size)):
-            if i >= skip:
-                yield collator(batch)
-
+    epochs = row_epochs(rows, Collator(model, tcfg.data, seed=spec.seed), cfg.batch_size,
+                        shuffle_seed=spec.seed)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     Trainer(model, tcfg, lambda m, p: history.append(m)).fit(

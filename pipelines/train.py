@@ -178,11 +178,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         tracker = _tracker(cfg)
         reporter.tracker = tracker
+        if resume:
+            # In the run's metrics: Ray Train restarted it (a worker failure) from this step.
+            tracker.log_metrics({"resumed_from_step": state.step}, state.step)
     collator = Collator(model, cfg.data, seed=cfg.optim.seed + rank)
     train = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val") if "val" in config["datasets"] else None
 
     def epochs(epoch: int, skip: int):
+        collator.set_epoch(epoch)
         seed = None if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed + epoch
         it = train.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collator,
                                       local_shuffle_buffer_size=None if seed is None else

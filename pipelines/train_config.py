@@ -176,9 +176,16 @@ class TrainConfig:
         else:
             check(mode in ("lora", "full"), "stage",
                   f"instruct trains the LLM too: needs model.llm.mode lora or full, got {mode}")
-        if self.deepspeed.precision == "fp16":
-            check(self.deepspeed.enabled, "deepspeed.precision",
+        ds = self.deepspeed
+        if ds.precision == "fp16":
+            check(ds.enabled, "deepspeed.precision",
                   "fp16 needs DeepSpeed's loss scaling (deepspeed.enabled=true)")
+            # DeepSpeed's CPU accelerator supports fp32 and bf16 only.
+            check(self.scaling.use_gpu, "deepspeed.precision",
+                  "fp16 needs a GPU (scaling.use_gpu=true); on CPU use bf16 or fp32")
+        check(ds.enabled or not (ds.offload_optimizer or ds.offload_params),
+              "deepspeed.offload_optimizer" if ds.offload_optimizer else "deepspeed.offload_params",
+              "offload is DeepSpeed's (deepspeed.enabled=true)")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ a model trains on is byte-identical to the one it is served with.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+import zlib
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -59,35 +60,50 @@ def _column(batch: dict[str, Any], name: str, n: int) -> list[Any]:
 
 
 class Collator:
-    """numpy batch of shard rows → the model's padded batch (plus counts for metrics)."""
+    """numpy batch of shard rows → the model's padded batch (plus counts for metrics).
+
+    Its random draws (modality mix, unpaired audio, caption visits, which exchange a sample
+    trains on) come from a generator seeded by (seed, epoch, the batch's clip ids), not from
+    one running stream: Ray collates ahead of the loop in a prefetch thread and a resumed run
+    re-reads the batches it skips, so a stream's position at a checkpoint would not be the
+    loop's. Per-batch seeding gives a resumed run the uninterrupted run's draws.
+    """
 
     def __init__(self, model: AVModel, cfg: DataConfig, seed: int = 0):
-        self.model, self.cfg = model, cfg
-        self.rng = np.random.default_rng(seed)
+        self.model, self.cfg, self.seed = model, cfg, seed
+        self.epoch = 0
         mix = np.array([cfg.joint, cfg.video_only, cfg.audio_only], dtype=float)
         self.mix = mix / mix.sum()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch's batches: the same batch in another epoch draws anew."""
+        self.epoch = epoch
+
+    def batch_rng(self, clip_ids: Iterable[Any]) -> np.random.Generator:
+        key = zlib.crc32("\0".join(str(c) for c in clip_ids).encode())
+        return np.random.default_rng([self.seed, self.epoch, key])
+
     def samples(self, batch: dict[str, Any]) -> list[Sample]:
         n = len(batch["clip_id"])
+        rng = self.batch_rng(batch["clip_id"])
         audio = [joined_audio(a, e) for a, e in zip(_column(batch, "audio", n),
                                                 _column(batch, "audio_events", n))]
-        rows = [self._sample(v, a, c, cap) for v, a, c, cap in zip(
+        rows = [self._sample(v, a, c, cap, rng) for v, a, c, cap in zip(
             _column(batch, "video", n), audio, _column(batch, "conversations", n),
             _column(batch, "caption", n))]
         rows = [r for r in rows if r is not None]
-        self._unpaired(rows)
+        self._unpaired(rows, rng)
         return [s for s, _, _ in rows]
 
-    def _sample(self, video, audio, conversations,
-                caption) -> tuple[Sample, str | None, bool] | None:
+    def _sample(self, video, audio, conversations, caption,
+                rng: np.random.Generator) -> tuple[Sample, str | None, bool] | None:
         """(sample, caption when it is the target, clip has audio), None if unsupervised."""
         v = tensor_or_none(video)
         turns = _turns(conversations) if self.cfg.use_conversations else []
-        if turns and caption and self.cfg.caption_mix and \
-                self.rng.random() < self.cfg.caption_mix:
+        if turns and caption and self.cfg.caption_mix and rng.random() < self.cfg.caption_mix:
             turns = []                                      # this visit trains the caption
         if self.cfg.turns == "one":
-            turns = one_exchange(turns, self.rng)
+            turns = one_exchange(turns, rng)
         cap = None
         if not turns and self.cfg.use_captions and caption:
             cap = str(caption)
@@ -97,11 +113,12 @@ class Collator:
             return None
         had_audio = audio is not None
         if v is not None and audio is not None:
-            choice = self.rng.choice(3, p=self.mix)         # joint, visual-only, audio-only
+            choice = rng.choice(3, p=self.mix)              # joint, visual-only, audio-only
             v, audio = (v, audio) if choice == 0 else (v, None) if choice == 1 else (None, audio)
         return Sample(turns, video=v, audio=audio), cap, had_audio
 
-    def _unpaired(self, rows: list[tuple[Sample, str | None, bool]]) -> None:
+    def _unpaired(self, rows: list[tuple[Sample, str | None, bool]],
+                  rng: np.random.Generator) -> None:
         """video-SALMONN: a caption clip that has no audio track borrows another's audio."""
         if self.cfg.unpaired <= 0:
             return
@@ -109,9 +126,9 @@ class Collator:
         for sample, cap, had_audio in rows:
             if had_audio or sample.video is None or not cap or not donors:
                 continue
-            if self.rng.random() >= self.cfg.unpaired:
+            if rng.random() >= self.cfg.unpaired:
                 continue
-            donor, donor_cap = donors[int(self.rng.integers(len(donors)))]
+            donor, donor_cap = donors[int(rng.integers(len(donors)))]
             sample.audio = donor.audio
             if self.cfg.unpaired_target == "concat":
                 sample.turns = [sample.turns[0], {"role": "assistant",
@@ -173,3 +190,19 @@ def iterate_rows(rows: list[dict[str, Any]], batch_size: int) -> Iterable[dict[s
         chunk = rows[i:i + batch_size]
         yield {k: np.array([r.get(k) for r in chunk] + [None], dtype=object)[:-1]
                for k in chunk[0]}
+
+
+def row_epochs(rows: list[dict[str, Any]], collator: Collator, batch_size: int,
+               shuffle_seed: int | None = None) -> Callable[[int, int], Iterator[dict]]:
+    """In-memory rows as ``Trainer.fit``'s ``epochs(epoch, skip)``: the Ray shard
+    iteration's counterpart for tests and benchmarks. With ``shuffle_seed`` every epoch has
+    its own permutation, a function of (seed, epoch), so a resumed run sees the same order;
+    skipped batches are not collated."""
+    def epochs(epoch: int, skip: int) -> Iterator[dict]:
+        collator.set_epoch(epoch)
+        order = rows if shuffle_seed is None else \
+            [rows[i] for i in np.random.default_rng([shuffle_seed, epoch]).permutation(len(rows))]
+        for i, batch in enumerate(iterate_rows(order, batch_size)):
+            if i >= skip:
+                yield collator(batch)
+    return epochs

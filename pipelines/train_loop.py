@@ -6,9 +6,11 @@ with in-memory batches; Ray Train only supplies the data shard, the process grou
 ``report``.
 
 A checkpoint directory holds ``model/`` (an av_model checkpoint, rank 0), ``state/``
-(optimizer, scheduler, trainable weights: DeepSpeed's per-rank files or ``torch.pt``) and
-``loop.json`` (step, epoch, batches consumed in the epoch, RNG seed) so a resumed run
-continues from the exact data position and ends at exactly ``optim.max_steps``.
+(optimizer, scheduler, trainable weights: DeepSpeed's per-rank files or ``torch.pt``),
+``rng/rank<R>.pt`` (each rank's torch RNG: dropout) and ``loop.json`` (step, epoch,
+batches consumed in the epoch) so a resumed run continues from the exact data position with
+the same random draws and ends at exactly ``optim.max_steps``. The collator's draws need no
+state: they are a function of the batch (``train_data.Collator``).
 """
 
 from __future__ import annotations
@@ -115,8 +117,17 @@ class Engine:
                 self.module = torch.nn.parallel.DistributedDataParallel(model)
         self.grad_norm = 0.0
 
+    def precision(self) -> contextlib.AbstractContextManager:
+        """bf16 without DeepSpeed is autocast: fp32 weights and optimizer, bf16 matmuls
+        (DeepSpeed's bf16 keeps the weights in bf16 and fp32 master copies itself)."""
+        if self.ds is not None or self.cfg.deepspeed.precision != "bf16":
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
     def forward(self, batch: dict[str, Any]):
-        return self.module(**{k: batch[k] for k in MODEL_INPUTS})
+        with self.precision():
+            return self.module(**{k: batch[k] for k in MODEL_INPUTS})
 
     def backward_step(self, loss: torch.Tensor) -> bool:
         """Backward one micro-batch; True when the optimizer stepped."""
@@ -199,13 +210,36 @@ class Trainer:
         self.rank, self.world = world()
 
     def resume(self, path: str) -> LoopState:
-        """Restore weights, optimizer, scheduler and the data position from a checkpoint."""
+        """Restore weights, optimizer, scheduler, random state and the data position."""
         self.engine.load_state(os.path.join(path, "state"))
+        self._load_rng(path)
         with open(os.path.join(path, "loop.json")) as f:
             state = LoopState(**json.load(f))
         log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch,
                  state.batches_in_epoch)
         return state
+
+    def _rng_file(self, path: str) -> str:
+        return os.path.join(path, "rng", f"rank{self.rank}.pt")
+
+    def _save_rng(self, path: str) -> None:
+        os.makedirs(os.path.join(path, "rng"), exist_ok=True)
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        torch.save(state, self._rng_file(path))
+
+    def _load_rng(self, path: str) -> None:
+        file = self._rng_file(path)
+        if not os.path.exists(file):
+            # A checkpoint from before rng/ existed, or from fewer ranks than this run.
+            log.warning("no random state for rank %d in %s: the resumed run's random draws "
+                        "differ from an uninterrupted run's", self.rank, path)
+            return
+        state = torch.load(file, map_location="cpu", weights_only=False)
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
     def validate(self, batches: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
         """Mean validation loss over ``run.val_batches`` batches, and a few answers."""
@@ -217,7 +251,8 @@ class Trainer:
             for i, batch in enumerate(batches):
                 if self.cfg.run.val_batches and i >= self.cfg.run.val_batches:
                     break
-                out = self.model(**{k: batch[k] for k in MODEL_INPUTS})
+                with self.engine.precision():
+                    out = self.model(**{k: batch[k] for k in MODEL_INPUTS})
                 total, count = total + float(out.ce) * batch["num_samples"], count + batch["num_samples"]
                 if i == 0 and self.cfg.run.generate_samples:
                     answers = self._answers(batch)
@@ -239,6 +274,7 @@ class Trainer:
     def save(self, path: str, state: LoopState) -> None:
         os.makedirs(os.path.join(path, "state"), exist_ok=True)
         self.engine.save_state(os.path.join(path, "state"))
+        self._save_rng(path)
         with self.engine.gathered():
             if self.rank == 0:
                 av_checkpoint.save(self.model, os.path.join(path, "model"))

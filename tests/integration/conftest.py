@@ -37,9 +37,9 @@ def trained_tiny(synth_features, tiny_encoders, tmp_path_factory) -> dict:
 
     from av_model import checkpoint as av_checkpoint
     from av_model.model import AVModel
-    from pipelines.train_data import Collator, read_rows
+    from pipelines.train_data import Collator, read_rows, row_epochs
     from pipelines.train_loop import LoopState, Trainer
-    from tests.pipelines.train_helpers import epochs_from, train_config
+    from tests.pipelines.train_helpers import train_config
 
     out = tmp_path_factory.mktemp("trained_tiny")
     rows = [r for r in read_rows(synth_features["features"], "train") if r["conversations"]]
@@ -50,7 +50,7 @@ def trained_tiny(synth_features, tiny_encoders, tmp_path_factory) -> dict:
     torch.manual_seed(0)
     model = AVModel.build(cfg.model, load_encoders=False)
     Trainer(model, cfg, lambda m, p: None).fit(
-        epochs_from(rows, Collator(model, cfg.data)), None, LoopState(),
+        row_epochs(rows, Collator(model, cfg.data), cfg.data.batch_size), None, LoopState(),
         lambda s: str(out / f"step{s}"))
     ckpt = av_checkpoint.save(model, out / "model")
     return {"checkpoint": str(ckpt), "rows": rows}

@@ -47,6 +47,14 @@ def test_tiny_model_yaml_base(tiny_encoders, tmp_path):
      ["data.caption_mix=0.5", "data.use_captions=false"], "data.caption_mix"),
     ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
      ["data.colour=1"], "data.colour"),
+    ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
+     ["deepspeed.precision=fp16"], "deepspeed.precision"),              # CPU: no fp16
+    ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
+     ["deepspeed.precision=fp16", "deepspeed.enabled=false", "scaling.use_gpu=true"],
+     "deepspeed.precision"),                                           # no loss scaling
+    ({"model_base": "favor-vicuna13b", "stage": "instruct", "data": {"features": "f"}},
+     ["deepspeed.enabled=false", "deepspeed.offload_optimizer=true"],
+     "deepspeed.offload_optimizer"),
 ])
 def test_bad_config_names_the_field(tmp_path, data, overrides, field):
     with pytest.raises(ConfigError) as err:

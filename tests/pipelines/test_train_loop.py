@@ -8,13 +8,13 @@ import torch
 
 from av_model.model import AVModel, GenerateOptions, Sample
 from pipelines.train_config import DataConfig
-from pipelines.train_data import Collator, iterate_rows
+from pipelines.train_data import Collator, iterate_rows, row_epochs
 from pipelines.train_loop import LoopState, Trainer, lr_factor
-from tests.pipelines.train_helpers import (COLOURS, colour_rows, epochs_from,
-                                           single_process_dist_env, train_config)
+from tests.pipelines.train_helpers import (COLOURS, colour_rows, single_process_dist_env,
+                                           train_config)
 
 
-def _run(cfg, rows, tmp_path, state=None, resume_from=None, seed=0):
+def _run(cfg, rows, tmp_path, state=None, resume_from=None, seed=0, shuffle_seed=None):
     torch.manual_seed(seed)
     model = AVModel.build(cfg.model, load_encoders=False)
     reports = []
@@ -22,7 +22,8 @@ def _run(cfg, rows, tmp_path, state=None, resume_from=None, seed=0):
     if resume_from:
         state = trainer.resume(resume_from)
     collator = Collator(model, cfg.data, seed=cfg.optim.seed)
-    state = trainer.fit(epochs_from(rows, collator), None, state or LoopState(),
+    epochs = row_epochs(rows, collator, cfg.data.batch_size, shuffle_seed=shuffle_seed)
+    state = trainer.fit(epochs, None, state or LoopState(),
                         lambda step: str(tmp_path / f"step{step}"))
     return model, reports, state
 
@@ -41,25 +42,37 @@ def test_tiny_model_learns_the_colours(tiny_encoders, tmp_path):
     assert set(reports[-1][0]) >= {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s",
                                    "data_wait_fraction"}
     assert reports[-1][1] == str(tmp_path / "step80")                # the final checkpoint
-    assert sorted(os.listdir(reports[-1][1])) == ["loop.json", "model", "state"]
+    assert sorted(os.listdir(reports[-1][1])) == ["loop.json", "model", "rng", "state"]
 
 
 @pytest.mark.parametrize("deepspeed", [False, True])
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny_encoders, tmp_path, deepspeed):
+    """Resumed mid-epoch, with every source of randomness on: rows reshuffled per epoch,
+    the collator's modality draws, LoRA dropout. The resumed run must draw what the straight
+    run drew (the torch RNG from the checkpoint, the collator's draws from the batch)."""
+    import dataclasses
+    import json
+
     if deepspeed:
         single_process_dist_env(29517)
-    sections = dict(optim={"max_steps": 12, "grad_accum": 2, "warmup_steps": 2},
+    sections = dict(optim={"max_steps": 10, "grad_accum": 2, "warmup_steps": 2},
+                    data={"batch_size": 4, "joint": 0.5, "video_only": 0.25,
+                          "audio_only": 0.25},
                     deepspeed={"enabled": deepspeed, "zero_stage": 2},
-                    run={"checkpoint_every": 6})
+                    run={"checkpoint_every": 5})
     cfg = train_config(tiny_encoders, "lora", **sections)
-    rows = colour_rows(12)                       # 3 batches per epoch: resume mid-epoch
-    straight, _, _ = _run(cfg, rows, tmp_path / "a")
-    half = train_config(tiny_encoders, "lora", **{**sections, "optim": {**sections["optim"]}})
-    _, reports, state = _run(half, rows, tmp_path / "b")
-    ckpt6 = reports[5][1]
-    assert ckpt6 and ckpt6.endswith("step6")
-    resumed, _, final = _run(cfg, rows, tmp_path / "c", resume_from=ckpt6, seed=123)
-    assert final.step == 12
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, llm=dataclasses.replace(cfg.model.llm, lora_dropout=0.3)))
+    rows = colour_rows(10)                       # batches of 4, 4, 2: step 5 is mid-epoch
+    straight, _, _ = _run(cfg, rows, tmp_path / "a", shuffle_seed=7)
+    _, reports, _ = _run(cfg, rows, tmp_path / "b", shuffle_seed=7)
+    ckpt5 = reports[4][1]
+    assert ckpt5 and ckpt5.endswith("step5")
+    with open(os.path.join(ckpt5, "loop.json")) as f:
+        assert json.load(f) == {"step": 5, "epoch": 3, "batches_in_epoch": 1, "samples": 34}
+    resumed, _, final = _run(cfg, rows, tmp_path / "c", resume_from=ckpt5, seed=123,
+                             shuffle_seed=7)
+    assert final.step == 10
     want = {n: p for n, p in straight.named_parameters() if p.requires_grad}
     for name, p in resumed.named_parameters():
         if p.requires_grad:
@@ -144,7 +157,8 @@ def test_collator_caption_mix_trains_captions_beside_conversations(tiny_encoders
             for r in colour_rows(8)]
     answers = []
     mixed = Collator(model, DataConfig(features="x", turns="one", caption_mix=0.5), seed=0)
-    for _ in range(8):
+    for epoch in range(8):                     # draws are per batch and epoch
+        mixed.set_epoch(epoch)
         batch = mixed(next(iterate_rows(rows, 8)))
         answers += [s.turns[-1]["content"] for s in batch["samples"]]
         prompts = {s.turns[0]["content"] for s in batch["samples"]}
@@ -178,3 +192,40 @@ def test_connector_lr_gives_the_connector_its_own_group(tiny_encoders):
     frozen = train_config(tiny_encoders, "frozen", optim={"connector_lr": 4e-3})
     [only] = param_groups(AVModel.build(frozen.model, load_encoders=False), frozen.optim)
     assert only["lr"] == 4e-3
+
+
+@pytest.mark.parametrize("ds", [
+    {"enabled": True, "zero_stage": 1},
+    {"enabled": True, "zero_stage": 2, "offload_optimizer": True},
+    {"enabled": True, "zero_stage": 3},
+    {"enabled": True, "zero_stage": 2, "precision": "bf16"},
+    {"enabled": False, "precision": "bf16"},
+], ids=["zero1", "zero2-offload", "zero3-lora", "zero2-bf16", "torch-bf16-autocast"])
+def test_deepspeed_stages_offload_and_bf16_train_and_save(tiny_encoders, tmp_path, ds):
+    """Each DeepSpeed setting the config offers runs a few LoRA steps on CPU (gloo) and
+    writes a checkpoint that loads with trained weights; bf16 really computes in bf16."""
+    from av_model import checkpoint as av_checkpoint
+
+    if ds["enabled"]:
+        single_process_dist_env(29518)
+    cfg = train_config(tiny_encoders, "lora", optim={"max_steps": 4, "lr": 5e-3,
+                                                     "warmup_steps": 0},
+                       deepspeed=ds, run={"checkpoint_every": 4})
+    torch.manual_seed(0)
+    init = {n: p.detach().clone() for n, p in
+            AVModel.build(cfg.model, load_encoders=False).connector.named_parameters()}
+    dtypes = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: dtypes.append(o.dtype)
+        if isinstance(m, torch.nn.Linear) and isinstance(o, torch.Tensor) else None)
+    try:
+        _, reports, state = _run(cfg, colour_rows(8), tmp_path)
+    finally:
+        hook.remove()
+    assert state.step == 4 and all(np.isfinite(m["loss"]) for m, _ in reports)
+    want = torch.bfloat16 if ds.get("precision") == "bf16" else torch.float32
+    assert set(dtypes) == {want}
+    saved = av_checkpoint.load(os.path.join(reports[-1][1], "model"), load_encoders=False)
+    moved = [n for n, p in saved.connector.named_parameters()
+             if not torch.equal(p.float(), init[n])]
+    assert moved and all(torch.isfinite(p).all() for p in saved.parameters())

@@ -8,7 +8,6 @@ import numpy as np
 from av_model.configlib import from_dict, to_dict
 from av_model.tiny import tiny_model_config
 from pipelines.train_config import TrainConfig
-from pipelines.train_data import Collator, iterate_rows
 
 COLOURS = ["red", "green", "blue", "white"]
 
@@ -42,12 +41,6 @@ def train_config(paths: dict, mode: str = "full", **sections) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-def epochs_from(rows: list[dict], collator: Collator, batch_size: int = 4):
-    def epochs(epoch: int, skip: int):
-        for i, batch in enumerate(iterate_rows(rows, batch_size)):
-            if i >= skip:
-                yield collator(batch)
-    return epochs
 
 
 def single_process_dist_env(port: int) -> None:
