@@ -72,6 +72,12 @@ def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
         ("bad_row", "manifest", "bad_metadata"),
         ("corrupt", "decode", "corrupt_or_unsupported"), ("empty", "decode", "empty_file"),
         ("missing", "manifest", "missing_file"), ("text", "decode", "corrupt_or_unsupported")]
+    # Each error says what was wrong, for a person reading the table.
+    messages = {e["clip_id"]: (e["uri"], e["message"]) for e in errors}
+    assert messages["empty"][1] == f"zero-byte file: {messages['empty'][0]}"
+    assert messages["missing"][1] == f"media file not found: {messages['missing'][0]}"
+    assert "caption" in messages["bad_row"][1]
+    assert all(messages[k][1].strip() for k in ("corrupt", "text"))
     by_id = {r["clip_id"]: r for r in corpus["rows"]}
     no_audio = [r for r in feats if not r["has_audio"]]
     assert {r["clip_id"] for r in no_audio} >= {"silent_video"} and len(no_audio) >= 2
@@ -89,6 +95,11 @@ def test_extract_end_to_end(corpus, tiny_encoders, ray_local, tmp_path):
         if src["end_s"]:
             assert d == pytest.approx(src["end_s"] - (src["start_s"] or 0.0), abs=0.11)
     durations = {r["clip_id"]: r["duration_s"] for r in feats}
+    # The summary's media hours are the written clips' durations; its rate is the clips the
+    # pipeline processed (written, or failed in decoding: 3) per second of the run.
+    assert summary["media_hours"] == pytest.approx(sum(durations.values()) / 3600, abs=1e-4)
+    assert summary["clips_per_s"] == pytest.approx((n_ok + 3) / summary["seconds"], rel=0.01)
+    assert summary["clips_truncated"] == 0 and not any(r["truncated"] for r in feats)
     assert durations["speech_flac"] == pytest.approx(5.855)
     assert durations["window"] == pytest.approx(3.0)
     window = next(r for r in feats if r["clip_id"] == "window")
@@ -208,10 +219,16 @@ def test_webvid_adapter_into_extraction(tiny_encoders, ray_local, tmp_path, shar
     out = str(tmp_path / "features")
     summary = extract_features.main(_overrides(  # separate visual and audio actor pools
         str(shared_media / "webvid_sample.csv"), out, tiny_encoders, "corpus.name=webvid",
-        f"corpus.media_root={tmp_path / 'videos'}", "fuse_encoders=false"))
+        f"corpus.media_root={tmp_path / 'videos'}", "fuse_encoders=false",
+        "max_duration_s=1.5"))
     assert summary["clips_ok"] == 2 and summary["failed_by_reason"] == {"missing_file": 18}
     feats = {r["clip_id"]: r for r in _features(out)}
     assert feats[f"webvid_{sample[0]['videoid']}"]["caption"] == sample[0]["name"]
+    # The 2 s videos are cut at max_duration_s, flagged, and counted: never silently.
+    assert summary["clips_truncated"] == 2
+    for row in feats.values():
+        assert row["truncated"] and row["duration_s"] == pytest.approx(1.5)
+        assert np.asarray(row["video"]).shape[0] == 3 and np.asarray(row["audio"]).shape[0] == 75
     errors = shards.read_errors(out).to_pylist()
     assert len(errors) == 18 and {e["error"] for e in errors} == {"missing_file"}
 
