@@ -101,6 +101,15 @@ def written_clip_ids(output: str) -> set[str]:
     return set() if table is None else set(table.column("clip_id").to_pylist())
 
 
+def split_counts(output: str) -> dict[str, int]:
+    """Rows per ``split`` in the feature shards (one column read: cheap on large corpora)."""
+    table = _read_dir(storage.join(output, FEATURES_DIR), ["split"])
+    if table is None:
+        return {}
+    counts = table.column("split").value_counts().to_pylist()
+    return {str(c["values"]): int(c["counts"]) for c in counts}
+
+
 def dedupe_features(output: str) -> int:
     """Drop repeated clip_ids across shards (first file in name order wins); return the count.
 

@@ -86,6 +86,7 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
         raise ConfigError("tracking.uri", "an s3:// run.storage_path needs an MLflow server "
                           "(tracking.uri or MLFLOW_TRACKING_URI): a local store on one worker "
                           "would be lost with it")
+    _check_splits(cfg.data)
     meta = read_feature_metadata(cfg.data.features)
     model = cfg.model
     if meta.get("encoders"):
@@ -99,6 +100,20 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
     if model.dims.resolved and model.dims != dims:
         raise ConfigError("model.dims", f"{model.dims} but the shards hold {dims}")
     return dataclasses.replace(cfg, model=dataclasses.replace(model, dims=dims)), columns
+
+
+def _check_splits(data) -> None:
+    """The train split must have rows, and so must a named validation split: an empty one
+    would report val_loss 0.0 and rank every checkpoint best (run.keep_best)."""
+    from pipelines.shards import split_counts
+
+    counts = split_counts(data.features)
+    for field, split, hint in (
+            ("data.train_split", data.train_split, ""),
+            ("data.val_split", data.val_split, ' (data.val_split="" trains without validation)')):
+        if split and not counts.get(split):
+            raise ConfigError(field, f"no rows of split {split!r} in {data.features}; the "
+                                     f"shards hold {counts or 'no rows'}{hint}")
 
 
 def build_model(cfg: TrainConfig):

@@ -3,6 +3,7 @@ from the extract job, a real MLflow server, the registered model loaded back and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -36,9 +37,10 @@ def test_zero2_two_workers_tracks_registers_and_the_model_loads(
         features, tiny_encoders, tmp_path, mlflow_server):
     sigint = signal.getsignal(signal.SIGINT)
     result = train.main(_args(features, tiny_encoders, tmp_path, "name=t-zero2",
-                              "optim.max_steps=8", "run.checkpoint_every=4", "run.val_every=4",
-                              f"tracking.uri={mlflow_server}", "tracking.register_as=tiny-av"))
-    assert result.metrics["step"] == 8 and "val_loss" in result.metrics
+                              "optim.max_steps=12", "run.checkpoint_every=4", "run.val_every=4",
+                              "run.keep_best=1", f"tracking.uri={mlflow_server}",
+                              "tracking.register_as=tiny-av"))
+    assert result.metrics["step"] == 12 and "val_loss" in result.metrics
     # Ray Train's Ctrl-C handler is gone after the run: a driver that goes on (the
     # quickstart's --keep-serving) gets KeyboardInterrupt again.
     assert signal.getsignal(signal.SIGINT) is sigint
@@ -49,7 +51,19 @@ def test_zero2_two_workers_tracks_registers_and_the_model_loads(
     assert run.data.params["deepspeed.zero_stage"] == "2"
     assert run.data.params["scaling.num_workers"] == "2"
     history = client.get_metric_history(run.info.run_id, "loss")
-    assert [m.step for m in history] == list(range(1, 9))
+    assert [m.step for m in history] == list(range(1, 13))
+    # run.keep_best=1: the checkpoint with the lowest validation loss stays, and Ray Train
+    # never deletes the latest (a restart resumes from it); the others are gone.
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+    assert sorted(val) == [4, 8, 12]
+    kept = [json.loads((d / "loop.json").read_text())["step"]
+            for d in (tmp_path / "runs" / "t-zero2").glob("checkpoint_*") if d.is_dir()]
+    assert sorted(kept) == sorted({min(val, key=val.get), 12})
+    # A few generated answers per validation, as text beside the metrics.
+    answers = client.list_artifacts(run.info.run_id, "answers")
+    assert [a.path for a in answers] == [f"answers/step_{s:07d}.txt" for s in (4, 8, 12)]
+    text = Path(client.download_artifacts(run.info.run_id, answers[-1].path, str(tmp_path)))
+    assert text.read_text().count("generated:") == 2
     for name in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_fraction",
                  "val_loss"):
         assert client.get_metric_history(run.info.run_id, name), name
@@ -94,6 +108,21 @@ def test_preflight_pins_the_drivers_tracking_uri(features, tiny_encoders, tmp_pa
     assert cfg.tracking.uri == "http://127.0.0.1:5999"
     pinned, _ = train.preflight(load_train_config(TRAIN, overrides + ["tracking.uri=sqlite:///x.db"]))
     assert pinned.tracking.uri == "sqlite:///x.db"          # an explicit URI wins
+
+
+@pytest.mark.parametrize("override,field", [("data.val_split=dev", "data.val_split"),
+                                            ("data.train_split=tra", "data.train_split")])
+def test_preflight_refuses_a_split_with_no_rows(features, tiny_encoders, tmp_path, override,
+                                                field):
+    """An empty validation split would log val_loss 0.0 and rank every checkpoint best."""
+    from av_model.configlib import ConfigError
+
+    overrides = _args(features, tiny_encoders, tmp_path)[2:] + [override]
+    with pytest.raises(ConfigError) as err:
+        train.preflight(load_train_config(TRAIN, overrides))
+    assert err.value.field == field and "'train'" in str(err.value)
+    cfg, _ = train.preflight(load_train_config(TRAIN, overrides[:-1] + ["data.val_split="]))
+    assert cfg.data.val_split == ""                         # no validation: allowed
 
 
 def test_bad_train_config_exits_2_before_ray(tmp_path, tiny_encoders, capsys):
