@@ -36,17 +36,17 @@ import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from av_model.configlib import load_config
 from av_model.model import Generation
-from pipelines import jobs
+from pipelines import jobs, serve_http
 from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, chunk_body,
                                  completion_body, completion_id, models_body, usage)
-from pipelines.serve_config import DIRECT_PORTS, ServeConfig
+from pipelines.serve_config import ServeConfig
+from pipelines.serve_http import direct_url, free_direct_port, ray_env  # noqa: F401 (API)
 from pipelines.serve_media import DecodedMedia
 from pipelines.serve_predictor import (ChatGenerator, FeatureEncoder, Features, GenRequest,
                                        attach, media_resolver, model_config, plan, replica_setup)
@@ -56,18 +56,13 @@ app = FastAPI(title="avray", description="OpenAI-compatible chat over video, aud
               version="1")
 
 
-@app.exception_handler(ApiError)
-async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+def _body_limit() -> int:
+    """This replica's request body cap: the app exists at import, the config arrives with
+    the ChatIngress instance Serve runs it in."""
+    return serve.get_replica_context().servable_object.max_body_bytes
 
 
-@app.exception_handler(RequestValidationError)
-async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-    first = err.errors()[0] if err.errors() else {}
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    msg = first.get("msg", "invalid request")
-    return JSONResponse(ApiError(400, f"{loc or 'request body'}: {msg}", param=loc or None,
-                                 code=first.get("type")).body(), status_code=400)
+serve_http.install(app, _body_limit)   # before @serve.ingress freezes a copy of the app
 
 
 def _refusal(fn):
@@ -218,6 +213,7 @@ class ChatIngress:
         self.cfg, self.encoder, self.generator = cfg, encoder, generator
         self.name, self.created = cfg.served_name, int(time.time())
         self.api_key = _api_key(cfg)
+        self.max_body_bytes = cfg.max_body_bytes   # read by serve_http.BodyLimit
 
     def _authorize(self, request: Request) -> None:
         if not self.api_key:
@@ -336,39 +332,6 @@ def build_app(args: dict[str, Any]):
     return app_for(serve_config_from_args(args))
 
 
-def ray_env(cfg: ServeConfig) -> dict[str, str]:
-    """The environment Ray's processes need for ``http.direct_port`` (Ray Serve's
-    throughput-optimized mode with direct ingress from that port); empty without it.
-
-    The mode's gRPC between replicas stays off: Serve caps a replica's gRPC messages at
-    4 MiB, less than a decoded clip of ~13 s (uint8 frames) or a large ``data:`` payload,
-    and whether a handle uses it is fixed where the app is built (the driver here, the
-    cluster under ``serve deploy``). Ray's actor calls carry any size through the object
-    store."""
-    if cfg.http.direct_port is None:
-        return {}
-    first = cfg.http.direct_port
-    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORTS)}
-
-
-def free_direct_port(proxy_port: int) -> int:
-    """A free first direct-ingress port that ``HttpConfig`` accepts beside ``proxy_port``
-    (tests, benchmarks and demos on one machine)."""
-    from av_model.configlib import ConfigError
-    from pipelines.serve_config import HttpConfig
-
-    while True:
-        port = jobs.free_port()
-        try:
-            HttpConfig(port=proxy_port, direct_port=port)
-            return port
-        except ConfigError:
-            continue
-
-
 def start(cfg: ServeConfig) -> str:
     """Start Serve's HTTP proxy (loopback unless configured) and the app; returns its URL:
     the first ingress replica's own server with ``http.direct_port``, else the proxy's."""
@@ -380,50 +343,7 @@ def start(cfg: ServeConfig) -> str:
     prefix = cfg.route_prefix.rstrip("/")
     if cfg.http.direct_port is None:
         return f"http://{cfg.http.host}:{cfg.http.port}{prefix}"
-    return _direct_url(cfg, prefix)
-
-
-def _direct_url(cfg: ServeConfig, prefix: str, wait_s: float = 30.0) -> str:
-    """The first direct-ingress URL of the app, once its /healthz answers.
-
-    The port comes from Serve's controller (its target groups: what a load balancer in
-    front of direct ingress reads): a redeployed app's replica takes the next port while
-    the old one is quarantined. No replica target means Ray's processes started without
-    ``ray_env(cfg)`` (a cluster's nodes need it)."""
-    import urllib.request
-
-    import ray
-    from ray.serve.context import _get_global_client
-
-    first, last = cfg.http.direct_port, cfg.http.direct_port + DIRECT_PORTS
-    controller = _get_global_client()._controller
-    deadline = time.monotonic() + wait_s
-    while True:
-        groups = ray.get(controller.get_target_groups.remote(cfg.app_name))
-        # Replicas, not the proxy (the targets until the replicas run); a replica on
-        # another node is reached at its node's address when the servers bind all of them.
-        targets = sorted((t.port, t.ip) for g in groups
-                         if getattr(g.protocol, "value", g.protocol) == "HTTP"
-                         for t in g.targets if t.port != cfg.http.port)
-        url = None
-        if targets:
-            port, ip = targets[0]
-            host = ip if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
-            url = f"http://{host}:{port}{prefix}"
-        try:
-            if url:
-                with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                    if json.load(r).get("model") == cfg.served_name:
-                        return url
-        except (OSError, ValueError):  # not up yet, or something else answers there
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"http.direct_port: the app {cfg.app_name!r} has no direct-ingress server "
-                f"answering in {first}..{last - 1}; Ray's processes must start with "
-                f"{sorted(ray_env(cfg))} set (a Ray that `python -m pipelines.serve` starts "
-                "gets them; a cluster's nodes need them)")
-        time.sleep(0.5)
+    return direct_url(cfg, prefix)
 
 
 def preflight(cfg: ServeConfig) -> None:

@@ -112,7 +112,7 @@ class HttpConfig:
     ingress replica serves HTTP itself (direct ingress) on the first free port from
     ``direct_port`` up, at ``host``. The proxy on ``port`` stays as a fallback. These are
     Ray-wide settings read when Ray's processes start: a Ray that the job starts gets them
-    from :func:`pipelines.serve.ray_env`; a cluster needs them in its nodes' environment
+    from :func:`pipelines.serve_http.ray_env`; a cluster needs them in its nodes' environment
     (cluster/serve_config.yaml says which). Keep the range clear of Ray's worker ports
     (``ray start --min-worker-port``, 10002..19999 by default).
     """
@@ -121,10 +121,15 @@ class HttpConfig:
     port: int = 8000
     request_timeout_s: float = 300.0   # one chat completion, end to end (504 after)
     direct_port: int | None = None     # first direct-ingress port; None = proxy only
+    # Request bodies over this many bytes get a 413 before they are parsed; None = room
+    # for a visual and an audio data: payload at media.max_data_bytes, plus 1 MiB.
+    max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "port", "must be in 0..65535")
         check(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
+        check(self.max_body_bytes is None or self.max_body_bytes > 0, "max_body_bytes",
+              "must be > 0 (or null for the default)")
         if self.direct_port is not None:
             check(1024 <= self.direct_port <= 65535 - DIRECT_PORTS, "direct_port",
                   f"must be in 1024..{65535 - DIRECT_PORTS}")
@@ -177,6 +182,15 @@ class ServeConfig:
         check(bool(self.checkpoint), "checkpoint", "is required (a directory, s3:// or models:/)")
         check(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         check(self.feature_cache_items >= 0, "feature_cache_items", "must be >= 0")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The request body cap: ``http.max_body_bytes``, else what a request at the media
+        limits needs: a conversation carries at most two media parts, and a ``data:``
+        payload of ``media.max_data_bytes`` is 4 base64 characters per 3 bytes in the JSON."""
+        if self.http.max_body_bytes is not None:
+            return self.http.max_body_bytes
+        return 2 * 4 * ((self.media.max_data_bytes + 2) // 3) + MiB
 
     @property
     def served_name(self) -> str:

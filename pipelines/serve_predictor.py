@@ -32,7 +32,7 @@ from av_model.encoders.visual import visual_input_spec
 from av_model.llm import merge_lora
 from av_model.model import (AVModel, FeatureCache, GenerateOptions, Generation, Sample,
                             cut_at_stop)
-from pipelines.checkpoints import local_checkpoint
+from pipelines.checkpoints import local_checkpoint, local_config
 from pipelines.media import DecodeConfig
 from pipelines.serve_api import (ApiError, ChatCompletionRequest, Conversation, MediaPart,
                                  check_supported, completion_body, completion_id, stop_strings,
@@ -75,7 +75,9 @@ def checkpoint_dir(cfg: ServeConfig) -> Iterator[str]:
 
 
 def model_config(cfg: ServeConfig) -> ModelConfig:
-    with checkpoint_dir(cfg) as path:
+    """The checkpoint's model config, fetching ``avray.yaml`` alone from a remote checkpoint:
+    decoder and encoder replicas (autoscaled, many) need no LLM weights."""
+    with local_config(cfg.checkpoint, cfg.tracking_uri) as path:
         return av_checkpoint.load_model_config(path)
 
 

@@ -202,9 +202,10 @@ def _model_base(data: dict[str, Any]) -> dict[str, Any]:
     """The base model config dict: previous stage's avray.yaml, a preset, or a YAML file."""
     init, base = data.get("init_from") or "", data.get("model_base") or ""
     if init:
-        from pipelines.checkpoints import local_checkpoint
+        from pipelines.checkpoints import local_config
 
-        with local_checkpoint(init) as path:
+        # The config alone: each worker loads the weights later (train.build_model).
+        with local_config(init) as path:
             return yaml.safe_load((Path(path) / "avray.yaml").read_text())
     if base in MODEL_PRESETS:
         return to_dict(MODEL_PRESETS[base])

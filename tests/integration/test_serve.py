@@ -10,6 +10,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ def media(synth_features, tmp_path_factory, shared_media) -> dict[str, Path]:
     outside = tmp_path_factory.mktemp("outside")
     out = {"outside": make_video(outside / "outside.mp4", 2.0),
            "long": make_video(extra / "long.mp4", 25.0, size="64x48", fps=5),
+           "medium": make_video(extra / "medium.mp4", 12.0, size="64x48", fps=5),
            "flac": Path(shutil.copy(shared_media / "jfk.flac", extra / "jfk.flac")),
            **make_broken(extra)}
     (extra / "escape.mp4").symlink_to(out["outside"])
@@ -53,7 +55,8 @@ def server(trained_tiny, synth_features, media, ray_local):
     cfg = load_config(ServeConfig, CPU, [
         f"checkpoint={trained_tiny['checkpoint']}", "model_name=tiny-av",
         f"media.allowed_root={synth_features['root']}", "media.max_video_s=20",
-        "media.max_data_bytes=1048576", f"http.port={free_port()}", "batching.max_batch_size=16",
+        "media.max_frames=20", "media.max_data_bytes=1048576", f"http.port={free_port()}",
+        "batching.max_batch_size=16",
         "batching.batch_wait_timeout_s=0.05"])
     url = serve_job.start(cfg)
     yield {"url": url, "cfg": cfg}
@@ -133,7 +136,7 @@ def test_follow_up_turn_reuses_the_features(client, server, synth_features, trai
     assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
 
-def test_streaming_matches_the_plain_answer(client, synth_features, trained_tiny):
+def test_streaming_matches_the_plain_answer(client, server, synth_features, trained_tiny):
     clip = _clips(synth_features, trained_tiny)[1]
     kw = dict(model="tiny-av", temperature=0, max_tokens=8,
               messages=_video_msg(clip["uri"], clip["question"]))
@@ -144,6 +147,47 @@ def test_streaming_matches_the_plain_answer(client, synth_features, trained_tiny
     assert text == plain.choices[0].message.content == clip["answer"]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    # the wire format itself: `data: <chunk>` events, then `data: [DONE]`
+    with requests.post(server["url"] + "/v1/chat/completions", json={**kw, "stream": True},
+                       stream=True, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines(decode_unicode=True) if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    events = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    for e in events:
+        assert (e["object"], e["id"], e["model"]) == ("chat.completion.chunk", events[0]["id"],
+                                                      "tiny-av") and isinstance(e["created"], int)
+        assert [(c["index"], sorted(c)) for c in e["choices"]] == [
+            (0, ["delta", "finish_reason", "index", "logprobs"])], e
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == clip["answer"]
+    assert [e["choices"][0]["finish_reason"] for e in events] == [None] * (len(events) - 1) + \
+        ["stop"]
+
+
+def test_stop_and_top_p_reach_generation(client, synth_features, trained_tiny):
+    """`stop` cuts the answer where the plain one has that text (streamed too); `top_p`
+    near 0 leaves only the likeliest token, so hot sampling gives the greedy answer, which
+    hot sampling without it does not."""
+    clip = _clips(synth_features, trained_tiny)[2]
+    kw = dict(model="tiny-av", max_tokens=8, temperature=0,
+              messages=_video_msg(clip["uri"], clip["question"]))
+    plain = client.chat.completions.create(**kw).choices[0].message.content
+    stop = plain.split()[-1]
+    cut = client.chat.completions.create(stop=[stop], **kw).choices[0]
+    assert cut.message.content == plain[:plain.index(stop)].strip() != plain
+    assert cut.finish_reason == "stop"
+    streamed = client.chat.completions.create(stop=stop, stream=True, **kw)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        cut.message.content
+    q = dict(model="tiny-av", max_tokens=8, messages=[{"role": "user", "content": "Say more."}])
+
+    def answer(**sampling) -> str:
+        return client.chat.completions.create(**q, **sampling).choices[0].message.content
+
+    greedy = answer(temperature=0)
+    assert [answer(temperature=2, top_p=1e-6) for _ in range(2)] == [greedy, greedy]
+    assert any(answer(temperature=2) != greedy for _ in range(4))
 
 
 def test_input_audio_image_and_audio_url(client, media):
@@ -175,7 +219,9 @@ def test_input_audio_image_and_audio_url(client, media):
     assert r.choices[0].message.content is not None
 
 
-def _post(server, body, raw: bytes | None = None, headers=None):
+def _post(server, body, raw: bytes | Iterator[bytes] | None = None, headers=None):
+    """POST to the chat endpoint: ``body`` as JSON, or ``raw`` bytes (an iterator of them
+    is sent chunked, with no Content-Length)."""
     url = server["url"] + "/v1/chat/completions"
     if raw is not None:
         return requests.post(url, data=raw, headers={"content-type": "application/json"})
@@ -189,6 +235,9 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(server, media, synth_fe
 
     root = synth_features["root"]
     big = _b64(os.urandom(1_200_000))
+    # the default cap leaves room for two data: payloads at media.max_data_bytes
+    over_cap = b'{"model": "tiny-av", "messages": [{"role": "user", "content": "%s"}]}' % (
+        b"x" * server["cfg"].max_body_bytes)
     cases = {
         "bad json": (None, b'{"model": "tiny-av", "messages": [', 400, None),
         "no messages": ({"model": "tiny-av"}, None, 400, "messages"),
@@ -226,14 +275,31 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(server, media, synth_fe
             {"role": "user", "content": "hi"}]}, None, 400, None),
         "temperature range": ({"model": "tiny-av", "temperature": 7, "messages": [
             {"role": "user", "content": "hi"}]}, None, 400, None),
+        "too many frames": (video(f"file://{media['medium']}"), None, 400, "media_too_long"),
+        "streamed, missing file": ({**video(f"file://{root}/nope.mp4"), "stream": True}, None,
+                                   400, "media_not_found"),
+        "streamed, corrupt mp4": ({**video(f"file://{media['corrupt']}"), "stream": True},
+                                  None, 400, "corrupt_or_unsupported"),
+        "body over the cap": (None, over_cap, 413, "request_too_large"),
+        "chunked body over the cap": (None, (over_cap[i:i + 65536] for i in range(
+            0, len(over_cap), 65536)), 413, "request_too_large"),
     }
+    errors = {}
     for name, (body, raw, status, code) in cases.items():
         r = _post(server, body, raw)
         assert r.status_code == status, (name, r.status_code, r.text)
-        err = r.json()["error"]
+        assert r.headers["content-type"] == "application/json", (name, r.text)  # not SSE
+        errors[name] = err = r.json()["error"]
         assert err["message"] and err["type"], name
         if code is not None:
             assert code in (err["code"], err["param"]), (name, err)
+    assert errors["bad json"]["param"] is None and "frames" in errors["too many frames"][
+        "message"]
+    wrong_method = requests.get(server["url"] + "/v1/chat/completions")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    no_route = requests.post(server["url"] + "/v1/completions", json={})
+    assert no_route.status_code == 404 and no_route.json()["error"]["code"] == "not_found"
     ok = _post(server, {"model": "tiny-av", "max_tokens": 2,
                         "messages": [{"role": "user", "content": "still there?"}]})
     assert ok.status_code == 200, ok.text

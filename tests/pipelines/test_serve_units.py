@@ -1,11 +1,15 @@
 """Serving pieces without Ray: request → conversation, the media policy, streamed text,
-token accounting of generation, and the in-process predictor on a saved checkpoint."""
+token accounting of generation, the in-process predictor on a saved checkpoint, what the
+config-only replicas fetch, and the ingress's HTTP layer (errors, body cap) over uvicorn."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import os
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -249,3 +253,171 @@ def test_a_failing_request_does_not_fail_its_batch(tiny_encoders):
     out = gen.generate([good, broken, good])
     assert isinstance(out[1], ApiError) and out[1].status == 500
     assert out[0].text == out[2].text and not isinstance(out[0], ApiError)
+
+
+def _unfetchable_llm_checkpoint(where, model_cfg) -> None:
+    """A checkpoint directory whose config is real and whose llm/ weights cannot be read."""
+    from av_model.configlib import dump_yaml
+
+    (where / "llm").mkdir(parents=True)
+    (where / "avray.yaml").write_text(dump_yaml(model_cfg))
+    (where / "llm" / "model.safetensors").symlink_to(where / "gone")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "models"])
+def test_config_replicas_fetch_only_the_config(kind, tiny_encoders, tmp_path, request):
+    """Decoder and Encoder replicas read the model config from the checkpoint without
+    fetching its llm/: an llm/ that cannot be fetched (an archived S3 object, a missing
+    artifact file) must not matter to them, wherever the checkpoint lives."""
+    from pipelines.serve_predictor import media_resolver, model_config
+
+    model_cfg = tiny_config(tiny_encoders, mode="full")
+    ckpt = tmp_path / "ckpt"
+    tracking_uri = None
+    if kind == "local":
+        _unfetchable_llm_checkpoint(ckpt, model_cfg)
+        ref = str(ckpt)
+    elif kind == "s3":
+        import boto3
+
+        request.getfixturevalue("s3_server")
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="serve-config-ckpt")
+        _unfetchable_llm_checkpoint(ckpt, model_cfg)
+        s3.upload_file(str(ckpt / "avray.yaml"), "serve-config-ckpt", "run/model/avray.yaml")
+        s3.put_object(Bucket="serve-config-ckpt", Key="run/model/llm/model.safetensors",
+                      Body=b"\0" * 64, StorageClass="GLACIER")   # GET: InvalidObjectState
+        ref = "s3://serve-config-ckpt/run/model"
+    else:
+        from pipelines.tracking import Tracker
+
+        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        _unfetchable_llm_checkpoint(ckpt, model_cfg)
+        (ckpt / "llm" / "model.safetensors").unlink()
+        (ckpt / "llm" / "model.safetensors").write_bytes(b"\0" * 64)
+        tracker = Tracker(tracking_uri, str(tmp_path), "serve-config")
+        ref = tracker.finish(str(ckpt), "serve-config")
+        (stored,) = (tmp_path / "mlartifacts").rglob("model.safetensors")
+        stored.unlink()
+        stored.symlink_to(tmp_path / "gone")   # the artifact store lost the weights
+        runs_ref = ServeConfig(checkpoint=f"runs:/{tracker.run_id}/model",
+                               tracking_uri=tracking_uri)
+        assert model_config(runs_ref) == model_cfg
+    cfg = ServeConfig(checkpoint=ref, tracking_uri=tracking_uri)
+    assert model_config(cfg) == model_cfg
+    assert media_resolver(cfg, model_config(cfg)).decode_cfg.fps == model_cfg.encoders.fps
+
+
+@contextlib.contextmanager
+def _http(app) -> Iterator[str]:
+    """``app`` served by uvicorn (the server Ray Serve runs) on a loopback port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipelines.jobs import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _ingress_like_app(body_limit: int):
+    """A FastAPI app with the ingress's HTTP layer (serve_http.install) and routes that
+    answer, refuse, and fail the way the ingress's can."""
+    from fastapi import FastAPI
+
+    from pipelines import serve_http
+
+    app = FastAPI()
+    serve_http.install(app, lambda: body_limit)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest) -> dict:
+        if body.model != "m":
+            raise ApiError(404, "no such model", param="model", code="model_not_found")
+        return {"messages": len(body.messages)}
+
+    @app.get("/v1/models")
+    async def models() -> dict:   # what an encoder raising, or a dead replica, looks like
+        raise RuntimeError("Traceback (most recent call last):\n  File \"/srv/secret.py\"")
+
+    return app
+
+
+def _error(r, status: int) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json", r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+    assert err["type"] == ("server_error" if status >= 500 else "invalid_request_error"), err
+    return err
+
+
+def test_every_http_failure_is_an_openai_error():
+    import requests
+
+    hello = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with _http(_ingress_like_app(body_limit=10_000)) as url:
+        chat = url + "/v1/chat/completions"
+        assert _error(requests.get(url + "/v1/nope"), 404)["code"] == "not_found"
+        r = requests.get(chat)
+        assert _error(r, 405)["code"] == "method_not_allowed" and r.headers["allow"] == "POST"
+        err = _error(requests.get(url + "/v1/models"), 500)
+        assert "RuntimeError" in err["message"] and "secret" not in err["message"]
+        bad_json = requests.post(chat, data=b'{"model": "m", "messages": [',
+                                 headers={"content-type": "application/json"})
+        err = _error(bad_json, 400)
+        assert err["param"] is None and err["code"] == "json_invalid", err
+        assert _error(requests.post(chat, json={"model": "m"}), 400)["param"] == "messages"
+        assert _error(requests.post(chat, json={**hello, "model": "x"}), 404)["param"] == \
+            "model"
+        assert requests.post(chat, json=hello).json() == {"messages": 1}  # still serving
+
+
+def test_request_bodies_over_the_cap_get_413_before_parsing():
+    """By Content-Length, and for a chunked upload (no length) while it streams in."""
+    import requests
+
+    def padded(n: int) -> bytes:
+        return json.dumps({"model": "m", "messages": [{"role": "user",
+                                                       "content": "x" * n}]}).encode()
+
+    def chunked(body: bytes) -> Iterator[bytes]:
+        yield from (body[i:i + 1000] for i in range(0, len(body), 1000))
+
+    headers = {"content-type": "application/json"}
+    with _http(_ingress_like_app(body_limit=10_000)) as url:
+        chat = url + "/v1/chat/completions"
+        assert requests.post(chat, data=padded(9_000), headers=headers).status_code == 200
+        assert requests.post(chat, data=chunked(padded(9_000)), headers=headers).json() == \
+            {"messages": 1}
+        for body in (padded(10_000), padded(16 << 20)):
+            for data in (body, chunked(body)):
+                err = _error(requests.post(chat, data=data, headers=headers), 413)
+                assert err["code"] == "request_too_large" and "10000 bytes" in err["message"]
+        assert requests.post(chat, data=padded(10), headers=headers).status_code == 200
+
+
+def test_body_cap_defaults_to_room_for_two_data_payloads():
+    from av_model.configlib import ConfigError
+    from pipelines.serve_config import HttpConfig
+
+    cfg = ServeConfig(checkpoint="c", media=MediaPolicy(max_data_bytes=3 * 1000))
+    two_payloads = 2 * len(base64.b64encode(b"\0" * 3000))
+    assert two_payloads < cfg.max_body_bytes <= two_payloads + (1 << 20)
+    assert ServeConfig(checkpoint="c", http=HttpConfig(max_body_bytes=5)).max_body_bytes == 5
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        HttpConfig(max_body_bytes=0)
