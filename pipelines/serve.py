@@ -27,6 +27,7 @@ Media errors surface before a stream starts, so every bad request gets a 4xx JSO
 # with only the globals its code names, so FastAPI could not resolve string annotations
 # such as ``Request`` in the replica (they would turn into query parameters).
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -43,8 +44,8 @@ from ray.serve.handle import DeploymentHandle
 from av_model.configlib import load_config
 from av_model.model import Generation
 from pipelines import jobs, serve_http
-from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, chunk_body,
-                                 completion_body, completion_id, models_body, usage)
+from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, completion_body,
+                                 completion_id, models_body)
 from pipelines.serve_config import ServeConfig
 from pipelines.serve_http import direct_url, free_direct_port, ray_env  # noqa: F401 (API)
 from pipelines.serve_media import DecodedMedia
@@ -238,14 +239,18 @@ class ChatIngress:
         if body.model != self.name:
             raise ApiError(404, f"the model {body.model!r} does not exist; this server has "
                                 f"{self.name!r}", param="model", code="model_not_found")
+        timeout = self.cfg.http.request_timeout_s
+        # One deadline for the whole request: the 504 below, the generator's decoding (it
+        # stops a request past it, GenRequest.deadline) and a stream's last event.
+        deadline = time.time() + timeout
         try:
-            return await asyncio.wait_for(self._chat(body), self.cfg.http.request_timeout_s)
+            return await asyncio.wait_for(self._chat(body, deadline), timeout)
         except asyncio.TimeoutError:
-            raise ApiError(504, f"request took over {self.cfg.http.request_timeout_s} s",
-                           type="timeout_error", code="timeout") from None
+            raise serve_http.timed_out(timeout) from None
 
-    async def _chat(self, body: ChatCompletionRequest):
+    async def _chat(self, body: ChatCompletionRequest, deadline: float):
         conv, req = plan(body, self.cfg.generation)
+        req = dataclasses.replace(req, deadline=deadline)
         # The encoder's responses go straight into the generator call: Serve hands the
         # features from replica to replica, not through this one. Without an Encoder
         # deployment the generator gets the parts and encodes them itself.
@@ -263,35 +268,11 @@ class ChatIngress:
         response starts, so a prompt the model refuses is still a plain 4xx."""
         gen = self.generator.options(stream=True).stream.remote(req, *media)
         first = _raise_if_refused(await gen.__anext__())
-        cid, name = completion_id(), self.name
-        with_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        async def events() -> AsyncIterator[str]:
-            def sse(obj: dict) -> str:
-                return f"data: {json.dumps(obj)}\n\n"
-
-            finished = False
-            try:
-                yield sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
-                item = first
-                while isinstance(item, str):
-                    yield sse(chunk_body(cid, name, {"content": item}))
-                    item = await gen.__anext__()
-                yield sse(chunk_body(cid, name, {}, finish_reason=item.finish_reason))
-                if with_usage:
-                    yield sse(chunk_body(cid, name, {}, usage_counts=usage(
-                        item.prompt_tokens, item.completion_tokens)))
-                finished = True
-            except Exception as err:  # noqa: BLE001 - headers are sent: report in-band
-                log.exception("stream %s failed", cid)
-                yield sse(ApiError(500, f"generation failed: {type(err).__name__}",
-                                   type="server_error", code="generation_failed").body())
-            finally:
-                if not finished:
-                    gen.cancel()  # a client that went away stops the generator's decoding
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = serve_http.chat_events(
+            first, gen, completion_id(), self.name, req.deadline,
+            self.cfg.http.request_timeout_s,
+            with_usage=bool(body.stream_options and body.stream_options.include_usage))
+        return StreamingResponse(events, media_type="text/event-stream")
 
 
 def app_for(cfg: ServeConfig):

@@ -1,5 +1,6 @@
 """How the serving ingress meets HTTP: OpenAI-shaped errors for every failure, a cap on
-request bodies, and the ports of Ray Serve's direct-ingress mode.
+request bodies, chat streams as server-sent events (with the request's deadline), and the
+ports of Ray Serve's direct-ingress mode.
 
 Why apart from ``serve.py``: the error handlers and the body cap are plain FastAPI / ASGI
 pieces, tested over real HTTP without Ray (tests/pipelines/test_serve_units.py).
@@ -14,10 +15,11 @@ the replica's log instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from typing import Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.serve_api import ApiError
+from pipelines.serve_api import ApiError, chunk_body, usage
 from pipelines.serve_config import DIRECT_PORTS, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,49 @@ class ServerErrors:
             await error_response(ApiError(
                 500, f"the server failed on this request ({type(err).__name__})",
                 type="server_error", code="internal_error"))(scope, receive, send)
+
+
+def timed_out(timeout_s: float) -> ApiError:
+    return ApiError(504, f"request took over {timeout_s} s", type="timeout_error",
+                    code="timeout")
+
+
+async def chat_events(first: Any, rest: Any, cid: str, model: str, deadline: float | None,
+                      timeout_s: float, with_usage: bool = False) -> AsyncIterator[str]:
+    """A chat stream as server-sent events in OpenAI's chunk format: the role, a chunk per
+    text delta, the finish reason, the usage (``with_usage``), then ``[DONE]``.
+
+    ``first`` is the generator's first item (awaited before the response started), ``rest``
+    its async iterator of further deltas then the final ``Generation``. The headers are sent
+    by now, so a failure, or the request's ``deadline`` passing mid-stream, is reported
+    in-band as an OpenAI error event; whatever did not finish cancels ``rest`` (the
+    generator stops decoding)."""
+    def sse(obj: dict) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    finished = False
+    try:
+        yield sse(chunk_body(cid, model, {"role": "assistant", "content": ""}))
+        item = first
+        while isinstance(item, str):
+            yield sse(chunk_body(cid, model, {"content": item}))
+            left = None if deadline is None else max(0.0, deadline - time.time())
+            item = await asyncio.wait_for(rest.__anext__(), left)
+        yield sse(chunk_body(cid, model, {}, finish_reason=item.finish_reason))
+        if with_usage:
+            yield sse(chunk_body(cid, model, {}, usage_counts=usage(
+                item.prompt_tokens, item.completion_tokens)))
+        finished = True
+    except asyncio.TimeoutError:
+        yield sse(timed_out(timeout_s).body())
+    except Exception as err:  # noqa: BLE001 - headers are sent: report in-band
+        log.exception("stream %s failed", cid)
+        yield sse(ApiError(500, f"generation failed: {type(err).__name__}",
+                           type="server_error", code="generation_failed").body())
+    finally:
+        if not finished:
+            rest.cancel()  # the client went away, or time ran out: stop decoding
+    yield "data: [DONE]\n\n"
 
 
 # ----------------------------------------------------------------------------- direct ingress

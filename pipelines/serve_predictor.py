@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator
@@ -53,6 +55,9 @@ class GenRequest:
     audio: Tensor | None
     image: bool
     options: GenerateOptions
+    # Wall-clock time (time.time()) after which decoding stops: the client has had its 504,
+    # or its stream's timeout error, so the replica's time goes to the other requests.
+    deadline: float | None = None
 
 
 def pick_device(setting: str) -> str:
@@ -195,7 +200,8 @@ class ChatGenerator:
         for options, idx in groups.items():
             try:
                 out = self.model.generate_full([self._sample(requests[i]) for i in idx],
-                                               options)
+                                               options, stopping_criteria=_deadlines(
+                                                   [requests[i] for i in idx]))
             except Exception:  # noqa: BLE001 - find the request at fault, spare the rest
                 log.exception("batch of %d failed; retrying its requests one by one", len(idx))
                 out = [self._alone(requests[i]) for i in idx]
@@ -208,7 +214,8 @@ class ChatGenerator:
         if (err := self.check(req)) is not None:
             return err
         try:
-            return self.model.generate_full([self._sample(req)], req.options)[0]
+            return self.model.generate_full([self._sample(req)], req.options,
+                                            stopping_criteria=_deadlines([req]))[0]
         except Exception as err:  # noqa: BLE001
             return ApiError(500, f"generation failed: {type(err).__name__}",
                             type="server_error", code="generation_failed")
@@ -226,9 +233,10 @@ class ChatGenerator:
 
         def work() -> None:
             try:
+                stops = _deadlines([req]) + ([_Cancelled(cancel)] if cancel is not None else [])
                 done["result"] = self.model.generate_full(
                     [self._sample(req)], req.options, streamer=streamer,
-                    stopping_criteria=[_Cancelled(cancel)] if cancel is not None else None)[0]
+                    stopping_criteria=stops)[0]
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 done["error"] = exc
                 streamer.end()
@@ -246,6 +254,27 @@ class ChatGenerator:
         if tail := deltas.finish(result.text):
             yield tail
         yield result
+
+
+def _deadlines(requests: list[GenRequest]) -> list[StoppingCriteria]:
+    """A stopping criterion for the requests that carry a deadline (none without)."""
+    if all(r.deadline is None for r in requests):
+        return []
+    return [_PastDeadline([math.inf if r.deadline is None else r.deadline for r in requests])]
+
+
+class _PastDeadline(StoppingCriteria):
+    """Per row: stop decoding a request once its deadline has passed; the batch's other
+    rows go on (transformers ends rows whose criterion is true)."""
+
+    def __init__(self, deadlines: list[float]):
+        self.deadlines = torch.tensor(deadlines, dtype=torch.float64)        # (B,)
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        late = time.time() > self.deadlines                                 # (B,)
+        # Beam search runs B x beams rows, each request's beams together.
+        late = late.repeat_interleave(input_ids.shape[0] // late.shape[0])
+        return late.to(input_ids.device)
 
 
 class _Cancelled(StoppingCriteria):

@@ -421,3 +421,81 @@ def test_body_cap_defaults_to_room_for_two_data_payloads():
     assert ServeConfig(checkpoint="c", http=HttpConfig(max_body_bytes=5)).max_body_bytes == 5
     with pytest.raises(ConfigError, match="max_body_bytes"):
         HttpConfig(max_body_bytes=0)
+
+
+def test_a_request_past_its_deadline_stops_decoding_alone(tiny_encoders):
+    """The client of a late request has had its 504: its row stops at the next token, the
+    rest of the batch decodes on unchanged (per-row stopping), streamed or not."""
+    import dataclasses
+    import time
+
+    from pipelines.serve_predictor import ChatGenerator, GenRequest
+
+    torch.manual_seed(0)
+    model = AVModel.build(tiny_config(tiny_encoders), load_encoders=False).eval()
+    gen = ChatGenerator(ServeConfig(checkpoint="unused"), model=model)
+    free = GenRequest([{"role": "user", "content": "hi"}], None, None, False,
+                      GenerateOptions(max_new_tokens=12))
+    late = dataclasses.replace(free, deadline=time.time() - 1)
+    alone = gen.generate([free])[0]
+    assert alone.completion_tokens > 2                    # the random model talks on
+    out = gen.generate([free, late, dataclasses.replace(free, deadline=time.time() + 600)])
+    assert out[0] == alone and out[2] == alone
+    assert out[1].completion_tokens == 1 and alone.text.startswith(out[1].text)
+    *deltas, final = list(gen.stream(late))
+    assert final.completion_tokens == 1 and "".join(deltas) == final.text
+
+
+class _FakeStream:
+    """What a streaming DeploymentResponseGenerator gives the ingress: text deltas, then the
+    final Generation, each after ``delays[i]`` seconds."""
+
+    def __init__(self, items, delays):
+        self.items, self.delays, self.cancelled = list(items), list(delays), False
+
+    async def __anext__(self):
+        import asyncio
+
+        if not self.items:
+            raise StopAsyncIteration
+        await asyncio.sleep(self.delays.pop(0))
+        return self.items.pop(0)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def _events(first, stream, deadline, **kw) -> list:
+    import asyncio
+
+    from pipelines.serve_http import chat_events
+
+    async def collect():
+        return [e async for e in chat_events(first, stream, "chatcmpl-1", "m", deadline, 9.0,
+                                             **kw)]
+    events = asyncio.run(collect())
+    assert events[-1] == "data: [DONE]\n\n" and all(e.startswith("data: ") for e in events)
+    return [json.loads(e[6:]) for e in events[:-1]]
+
+
+def test_stream_events_end_in_band_at_the_deadline():
+    import time
+
+    from av_model.model import Generation
+
+    done = Generation("a b", prompt_tokens=5, completion_tokens=2, finish_reason="stop")
+    ok = _FakeStream([" b", done], [0.0, 0.0])
+    events = _events("a", ok, time.time() + 60, with_usage=True)
+    assert [e["choices"][0]["delta"] for e in events[:3]] == [
+        {"role": "assistant", "content": ""}, {"content": "a"}, {"content": " b"}]
+    assert events[3]["choices"][0]["finish_reason"] == "stop"
+    assert events[4]["usage"]["completion_tokens"] == 2 and not ok.cancelled
+
+    slow = _FakeStream([" b", done], [0.0, 5.0])         # the answer would end after 5 s
+    start = time.monotonic()
+    events = _events("a", slow, time.time() + 0.5)
+    assert time.monotonic() - start < 3
+    assert [e["choices"][0]["delta"] for e in events[:3]] == [
+        {"role": "assistant", "content": ""}, {"content": "a"}, {"content": " b"}]
+    assert events[3]["error"]["code"] == "timeout" and events[3]["error"]["type"] == "timeout_error"
+    assert len(events) == 4 and slow.cancelled               # decoding told to stop
