@@ -194,11 +194,19 @@ class Engine:
 
 
 def _all_reduce_mean(total: float, count: int) -> float:
+    return _all_reduce_means([total], count)[0]
+
+
+def _all_reduce_means(totals: list[float], count: int) -> list[float]:
+    """Sums over every rank divided by the summed count (one small collective)."""
     if world()[1] > 1:
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        # NCCL reduces CUDA tensors only (a GPU job's process group has no CPU backend).
+        device = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([*totals, float(count)], dtype=torch.float64, device=device)
         dist.all_reduce(t)
-        total, count = float(t[0]), int(t[1])
-    return total / max(count, 1)
+        totals, count = [float(x) for x in t[:-1]], int(t[-1])
+    return [x / max(count, 1) for x in totals]
 
 
 class Trainer:
@@ -289,6 +297,7 @@ class Trainer:
         run, max_steps = self.cfg.run, self.cfg.optim.max_steps
         self.model.train()
         window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
+        losses = _StepLosses()
         while state.step < max_steps:
             batches = iter(epochs(state.epoch, state.batches_in_epoch))
             seen = 0
@@ -303,8 +312,9 @@ class Trainer:
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                     break
                 seen += 1
-                loss = self.engine.forward(batch).loss
-                stepped = self.engine.backward_step(loss)
+                out = self.engine.forward(batch)
+                losses.add(out)
+                stepped = self.engine.backward_step(out.loss)
                 state.batches_in_epoch += 1
                 state.samples += batch["num_samples"] * self.world
                 window["samples"] += batch["num_samples"] * self.world
@@ -312,7 +322,7 @@ class Trainer:
                 if not stepped:
                     continue
                 state.step += 1
-                metrics = {"step": state.step, **self._step_metrics(float(loss.detach()), window)}
+                metrics = {"step": state.step, **losses.pop(), **self._step_metrics(window)}
                 last = state.step == max_steps
                 if last or state.step % run.checkpoint_every == 0 or (
                         run.val_every and state.step % run.val_every == 0):
@@ -327,9 +337,30 @@ class Trainer:
                 window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0}
         return state
 
-    def _step_metrics(self, loss: float, window: dict[str, float]) -> dict[str, Any]:
+    def _step_metrics(self, window: dict[str, float]) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - window["start"], 1e-9)
-        return {"loss": loss, "lr": self.engine.lr, "grad_norm": self.engine.grad_norm,
+        return {"lr": self.engine.lr, "grad_norm": self.engine.grad_norm,
                 "samples_per_s": window["samples"] / elapsed,
                 "tokens_per_s": window["tokens"] / elapsed,
                 "data_wait_fraction": window["wait"] / elapsed}
+
+
+class _StepLosses:
+    """An optimizer step's loss: the mean over its micro-batches and every rank, not rank
+    0's last micro-batch; with the diversity loss on, its weighted term (``diversity_loss``)
+    beside the total. Summed on the device, read once a step (one sync, one collective)."""
+
+    def __init__(self) -> None:
+        self.loss, self.aux, self.count = None, None, 0
+
+    def add(self, out) -> None:
+        loss, aux = out.loss.detach(), out.aux.detach()
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.aux = aux if self.aux is None else self.aux + aux
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        loss, aux = _all_reduce_means([float(self.loss), float(self.aux)], self.count)
+        self.loss, self.aux, self.count = None, None, 0
+        return {"loss": loss, **({"diversity_loss": aux} if aux else {})}
+

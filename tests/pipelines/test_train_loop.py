@@ -97,6 +97,14 @@ def test_collator_modality_mix_unpaired_audio_and_unsupervised_rows(tiny_encoder
     kinds = [(s.video is not None, s.audio is not None) for s in samples]
     assert {k: kinds.count(k) for k in set(kinds)}.keys() == {(True, True), (True, False),
                                                               (False, True)}
+    # The configured proportions hold over many draws (1200 samples: 3 sd is about 0.04).
+    many = []
+    for epoch in range(30):
+        mixed.set_epoch(epoch)
+        many += [(s.video is not None, s.audio is not None)
+                 for s in mixed.samples(next(iterate_rows(rows, 40)))]
+    shares = [many.count(k) / len(many) for k in ((True, True), (True, False), (False, True))]
+    assert shares == pytest.approx([0.5, 0.25, 0.25], abs=0.05)
     batch = mixed(next(iterate_rows(rows[:4], 4)))
     ids = batch["input_ids"]
     for i, s in enumerate(batch["samples"]):
@@ -110,6 +118,10 @@ def test_collator_modality_mix_unpaired_audio_and_unsupervised_rows(tiny_encoder
     assert all(s.audio is not None for s in out)
     answer = out[0].turns[-1]["content"]
     assert answer.startswith("a red screen a ") and answer.endswith(" screen")
+    # unpaired_target=video: the borrowed audio, the clip's own caption as the target.
+    keep = Collator(model, DataConfig(features="x", unpaired=1.0, unpaired_target="video"))
+    out = keep.samples(next(iterate_rows(silent + donor, 4)))
+    assert out[0].audio is not None and out[0].turns[-1]["content"] == "a red screen"
     bare = [dict(r, conversations=None, caption=None) for r in rows[:2]]
     empty = unpaired(next(iterate_rows(bare, 2)))
     assert empty["num_samples"] == 0 and (empty["labels"] == -100).all()
@@ -229,3 +241,35 @@ def test_deepspeed_stages_offload_and_bf16_train_and_save(tiny_encoders, tmp_pat
     moved = [n for n, p in saved.connector.named_parameters()
              if not torch.equal(p.float(), init[n])]
     assert moved and all(torch.isfinite(p).all() for p in saved.parameters())
+
+
+def test_step_loss_is_the_mean_of_its_micro_batches_with_the_diversity_term(tiny_encoders,
+                                                                            tmp_path):
+    """The logged loss of a step is the mean over its micro-batches (not the last one's),
+    and with the diversity loss on, its weighted term is logged beside it."""
+    import dataclasses
+
+    cfg = train_config(tiny_encoders, "lora", optim={"max_steps": 2, "grad_accum": 3},
+                       data={"batch_size": 2})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, connector=dataclasses.replace(cfg.model.connector, diversity_weight=0.5)))
+    torch.manual_seed(0)
+    model = AVModel.build(cfg.model, load_encoders=False)
+    reports = []
+    trainer = Trainer(model, cfg, lambda m, p: reports.append(m))
+    seen = []
+    forward = trainer.engine.forward
+
+    def recording(batch):
+        out = forward(batch)
+        seen.append((float(out.loss), float(out.aux)))
+        return out
+
+    trainer.engine.forward = recording
+    trainer.fit(row_epochs(colour_rows(12), Collator(model, cfg.data), 2), None, LoopState(),
+                lambda step: str(tmp_path / f"step{step}"))
+    assert len(seen) == 6 and len({round(loss, 6) for loss, _ in seen}) > 1
+    for report, micro in zip(reports, (seen[:3], seen[3:])):
+        assert report["loss"] == pytest.approx(np.mean([loss for loss, _ in micro]))
+        assert report["diversity_loss"] == pytest.approx(np.mean([aux for _, aux in micro]))
+        assert report["diversity_loss"] != 0                 # cosines: either sign
