@@ -23,6 +23,9 @@ class MediaPolicy:
     # file:// URLs must resolve (symlinks followed) inside this directory; null disables them.
     allowed_root: str | None = None
     allow_s3: bool = False             # s3:// URLs (credentials from the replica's env)
+    # With allow_s3: only objects under these prefixes (e.g. s3://bucket/media/); empty =
+    # anything the replica's credentials can read, which may be more than the media.
+    s3_prefixes: list[str] = field(default_factory=list)
     max_data_bytes: int = 32 * MiB     # one decoded data: payload
     max_fetch_bytes: int = 512 * MiB   # one file:// or s3:// object
     max_video_s: float = 300.0         # longer media is refused (400), never cut silently
@@ -31,6 +34,9 @@ class MediaPolicy:
     def __post_init__(self) -> None:
         for name in ("max_data_bytes", "max_fetch_bytes", "max_frames"):
             check(getattr(self, name) > 0, name, "must be > 0")
+        bad = [p for p in self.s3_prefixes
+               if not p.startswith("s3://") or not p[5:].split("/", 1)[0]]
+        check(not bad, "s3_prefixes", f"each must be s3://BUCKET[/PREFIX], got {bad}")
         check(self.max_video_s > 0, "max_video_s", "must be > 0")
 
 

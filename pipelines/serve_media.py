@@ -115,9 +115,23 @@ class MediaResolver:
                            param=part.param, code="media_too_large")
         return real
 
+    def _s3_allowed(self, part: MediaPart) -> None:
+        """Under a configured prefix, compared on whole path segments; '.' and '..' segments
+        are refused outright (S3 keys are literal, but a proxy or SDK may normalise them)."""
+        bucket_key = part.url[5:]
+        segments = bucket_key.split("/")
+        if not segments[0] or any(s in (".", "..") for s in segments):
+            raise ApiError(400, "malformed s3:// URL", param=part.param, code="bad_url")
+        prefixes = self.policy.s3_prefixes
+        if prefixes and not any(bucket_key == p[5:].rstrip("/") or
+                                bucket_key.startswith(p[5:].rstrip("/") + "/") for p in prefixes):
+            raise ApiError(400, "s3:// object is outside the server's allowed prefixes",
+                           param=part.param, code="url_not_allowed")
+
     def _s3_info(self, part: MediaPart):
         import pyarrow.fs as pafs
 
+        self._s3_allowed(part)
         fs, path = storage.filesystem(part.url)
         try:
             info = fs.get_file_info(path)

@@ -499,3 +499,34 @@ def test_stream_events_end_in_band_at_the_deadline():
         {"role": "assistant", "content": ""}, {"content": "a"}, {"content": " b"}]
     assert events[3]["error"]["code"] == "timeout" and events[3]["error"]["type"] == "timeout_error"
     assert len(events) == 4 and slow.cancelled               # decoding told to stop
+
+
+def test_s3_urls_stay_under_the_allowed_prefixes(s3_server, tmp_path):
+    import boto3
+
+    from av_model.configlib import ConfigError
+
+    s3 = boto3.client("s3")
+    clip = make_video(tmp_path / "a.mp4", 2.0).read_bytes()
+    for bucket in ("media-ok", "secrets"):
+        s3.create_bucket(Bucket=bucket)
+    for key in ("media-ok/clips/a.mp4", "media-ok/clipsX/a.mp4", "secrets/a.mp4"):
+        bucket, name = key.split("/", 1)
+        s3.put_object(Bucket=bucket, Key=name, Body=clip)
+    decode = DecodeConfig(fps=2, frame_size=32)
+    fenced = MediaResolver(MediaPolicy(allow_s3=True, s3_prefixes=["s3://media-ok/clips/"]),
+                           decode)
+    ok = fenced.decode(MediaPart("video", "s3://media-ok/clips/a.mp4", "p"))
+    assert ok.frames.shape == (4, 32, 32, 3)
+    for url, code in (("s3://media-ok/clipsX/a.mp4", "url_not_allowed"),   # a prefix of a name
+                      ("s3://secrets/a.mp4", "url_not_allowed"),
+                      ("s3://media-ok/clips/../../secrets/a.mp4", "bad_url")):
+        for call in (fenced.decode, fenced.cache_key):
+            with pytest.raises(ApiError) as err:
+                call(MediaPart("video", url, "p"))
+            assert (err.value.status, err.value.code) == (400, code), url
+    anywhere = MediaResolver(MediaPolicy(allow_s3=True), decode)      # no prefixes: any bucket
+    assert anywhere.decode(MediaPart("video", "s3://secrets/a.mp4", "p")).frames.shape[0] == 4
+    with pytest.raises(ConfigError) as err:
+        MediaPolicy(allow_s3=True, s3_prefixes=["media-ok/clips"])
+    assert err.value.field == "s3_prefixes"
