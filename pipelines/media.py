@@ -98,6 +98,33 @@ def _open_audio(path: str) -> np.ndarray | None:
     return np.asarray(samples[0], dtype=np.float32)  # (1, N) → (N,)
 
 
+# A window that leaves this much of the file's audio undecoded is cut by ffmpeg itself
+# (~40 ms a process): decord decodes a whole track, 0.28 s for 300 s where a 10 s window
+# needs 0.01 s (benchmarks/RESULTS.md), and ACAV100M / AudioCaps windows come from whole
+# YouTube videos.
+WINDOWED_AUDIO_MIN_SKIP_S = 30.0
+
+
+def _audio_window(path: str, start: float, duration: float) -> np.ndarray | None:
+    """The audio of [start, start + duration) only, 16 kHz mono float32, decoded by ffmpeg
+    seeking in the file (sample-accurate: it decodes from the packet before ``start`` and
+    drops what precedes it); None if the file has no audio stream."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-ss", f"{start:.6f}",
+           "-i", path, "-t", f"{duration:.6f}", "-map", "0:a:0", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
+    out = subprocess.run(cmd, capture_output=True, timeout=60 + duration)
+    if out.returncode != 0:
+        err = out.stderr.decode(errors="replace")
+        if "matches no streams" in err:
+            return None
+        raise MediaError("corrupt_or_unsupported", _short(RuntimeError(err)))
+    return np.frombuffer(out.stdout, np.float32)
+
+
 def _short(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return (text[-1] if text else type(err).__name__)[:300]
@@ -145,16 +172,26 @@ def decode_file(path: str, cfg: DecodeConfig, start_s: float | None = None,
     if os.path.getsize(path) == 0:
         raise MediaError("empty_file", f"zero-byte file: {path}")
     vr = _open_video(path, cfg)
-    audio = _open_audio(path)
-    if vr is None and audio is None:
-        raise MediaError("no_streams", "file has neither a video nor an audio stream")
-    if vr is not None and len(vr) == 0:
+    if vr is None:                                  # an audio file: its length is the track's
+        audio = _open_audio(path)
+        if audio is None:
+            raise MediaError("no_streams", "file has neither a video nor an audio stream")
+        start, end, truncated = _window(len(audio) / SAMPLE_RATE, start_s, end_s,
+                                        cfg.max_duration_s)
+        return DecodedClip(None, _cut_audio(audio, start, end - start), end - start, truncated)
+    if len(vr) == 0:
         raise MediaError("no_frames", "video stream has no decodable frames")
-    total = len(vr) / vr.get_avg_fps() if vr is not None else len(audio) / SAMPLE_RATE
+    total = len(vr) / vr.get_avg_fps()
     start, end, truncated = _window(total, start_s, end_s, cfg.max_duration_s)
     duration = end - start
-    frames = _sample_frames(vr, start, duration, cfg) if vr is not None else None
-    audio = _cut_audio(audio, start, duration) if audio is not None else None
+    frames = _sample_frames(vr, start, duration, cfg)
+    if total - duration >= WINDOWED_AUDIO_MIN_SKIP_S:
+        audio = _audio_window(path, start, duration)
+    else:
+        audio = _open_audio(path)
+        audio = _cut_audio(audio, start, duration) if audio is not None else audio
+    if audio is not None:
+        audio = _cut_audio(audio, 0.0, duration)    # exactly round(duration × 16 kHz)
     return DecodedClip(frames, audio, duration, truncated)
 
 
