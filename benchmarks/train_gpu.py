@@ -172,7 +172,10 @@ def train_config(cfg: BenchConfig, model_cfg: ModelConfig, mode: str, batch: int
         name=f"bench-{mode}", stage="instruct", model=model_cfg,
         data=DataConfig(features="synthetic", batch_size=batch),  # batches come from here
         optim=OptimConfig(max_steps=cfg.steps, warmup_steps=0),
-        deepspeed=DeepSpeedConfig(enabled=ds, zero_stage=stage, precision=cfg.precision),
+        # plain: the weights' own dtypes (bf16 LLM via llm.dtype, fp32 connector and LoRA),
+        # no autocast, as RESULTS.md measured it; precision=bf16 would add the loop's autocast.
+        deepspeed=DeepSpeedConfig(enabled=ds, zero_stage=stage,
+                                  precision=cfg.precision if ds else "fp32"),
         run=RunConfig(checkpoint_every=cfg.steps, val_every=0, generate_samples=0))
 
 

@@ -113,16 +113,22 @@ def _audio_window(path: str, start: float, duration: float) -> np.ndarray | None
 
     import imageio_ffmpeg
 
+    # The first audio stream; decord's AudioReader takes libavformat's "best" one, the same
+    # stream in files with one audio track (multi-track files may differ between the paths).
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-ss", f"{start:.6f}",
            "-i", path, "-t", f"{duration:.6f}", "-map", "0:a:0", "-ac", "1",
            "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
-    out = subprocess.run(cmd, capture_output=True, timeout=60 + duration)
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=60 + duration)
+    except subprocess.TimeoutExpired:
+        raise MediaError("decode_timeout", f"audio of a {duration:.1f} s window took over "
+                                           f"{60 + duration:.0f} s to decode") from None
     if out.returncode != 0:
         err = out.stderr.decode(errors="replace")
         if "matches no streams" in err:
             return None
         raise MediaError("corrupt_or_unsupported", _short(RuntimeError(err)))
-    return np.frombuffer(out.stdout, np.float32)
+    return np.frombuffer(out.stdout, np.float32).copy()   # writable, as decord's arrays are
 
 
 def _short(err: Exception) -> str:

@@ -45,7 +45,7 @@ from av_model.configlib import load_config
 from av_model.model import Generation
 from pipelines import jobs, serve_http
 from pipelines.serve_api import (ApiError, ChatCompletionRequest, MediaPart, completion_body,
-                                 completion_id, models_body)
+                                 completion_id, models_body, timed_out)
 from pipelines.serve_config import ServeConfig
 from pipelines.serve_http import direct_url, free_direct_port, ray_env  # noqa: F401 (API)
 from pipelines.serve_media import DecodedMedia
@@ -246,7 +246,7 @@ class ChatIngress:
         try:
             return await asyncio.wait_for(self._chat(body, deadline), timeout)
         except asyncio.TimeoutError:
-            raise serve_http.timed_out(timeout) from None
+            raise timed_out(timeout) from None
 
     async def _chat(self, body: ChatCompletionRequest, deadline: float):
         conv, req = plan(body, self.cfg.generation)

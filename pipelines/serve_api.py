@@ -44,6 +44,12 @@ def _rebuild_error(status, message, type, param, code) -> ApiError:
     return ApiError(status, message, type=type, param=param, code=code)
 
 
+def timed_out(timeout_s: float | None = None) -> ApiError:
+    """The request ran past its deadline (``http.request_timeout_s``)."""
+    limit = f"over {timeout_s} s" if timeout_s is not None else "past its deadline"
+    return ApiError(504, f"request took {limit}", type="timeout_error", code="timeout")
+
+
 # ----------------------------------------------------------------------------- request schema
 
 class _Open(BaseModel):

@@ -37,6 +37,8 @@ class MediaPolicy:
         bad = [p for p in self.s3_prefixes
                if not p.startswith("s3://") or not p[5:].split("/", 1)[0]]
         check(not bad, "s3_prefixes", f"each must be s3://BUCKET[/PREFIX], got {bad}")
+        check(self.allow_s3 or not self.s3_prefixes, "s3_prefixes",
+              "has no effect while allow_s3 is false")
         check(self.max_video_s > 0, "max_video_s", "must be > 0")
 
 

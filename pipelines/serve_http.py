@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.serve_api import ApiError, chunk_body, usage
+from pipelines.serve_api import ApiError, chunk_body, timed_out, usage
 from pipelines.serve_config import DIRECT_PORTS, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,6 @@ class ServerErrors:
                 type="server_error", code="internal_error"))(scope, receive, send)
 
 
-def timed_out(timeout_s: float) -> ApiError:
-    return ApiError(504, f"request took over {timeout_s} s", type="timeout_error",
-                    code="timeout")
-
-
 async def chat_events(first: Any, rest: Any, cid: str, model: str, deadline: float | None,
                       timeout_s: float, with_usage: bool = False) -> AsyncIterator[str]:
     """A chat stream as server-sent events in OpenAI's chunk format: the role, a chunk per
@@ -187,17 +182,22 @@ async def chat_events(first: Any, rest: Any, cid: str, model: str, deadline: flo
             yield sse(chunk_body(cid, model, {"content": item}))
             left = None if deadline is None else max(0.0, deadline - time.time())
             item = await asyncio.wait_for(rest.__anext__(), left)
-        yield sse(chunk_body(cid, model, {}, finish_reason=item.finish_reason))
-        if with_usage:
-            yield sse(chunk_body(cid, model, {}, usage_counts=usage(
-                item.prompt_tokens, item.completion_tokens)))
-        finished = True
-    except asyncio.TimeoutError:
-        yield sse(timed_out(timeout_s).body())
+        if isinstance(item, ApiError):            # the generator stopped it (its deadline)
+            yield sse(item.body())
+        else:
+            yield sse(chunk_body(cid, model, {}, finish_reason=item.finish_reason))
+            if with_usage:
+                yield sse(chunk_body(cid, model, {}, usage_counts=usage(
+                    item.prompt_tokens, item.completion_tokens)))
+            finished = True
     except Exception as err:  # noqa: BLE001 - headers are sent: report in-band
-        log.exception("stream %s failed", cid)
-        yield sse(ApiError(500, f"generation failed: {type(err).__name__}",
-                           type="server_error", code="generation_failed").body())
+        # Our deadline, or a TimeoutError of the stream's own (Ray's, say): a failure.
+        if isinstance(err, asyncio.TimeoutError) and deadline and time.time() >= deadline:
+            yield sse(timed_out(timeout_s).body())
+        else:
+            log.exception("stream %s failed", cid)
+            yield sse(ApiError(500, f"generation failed: {type(err).__name__}",
+                               type="server_error", code="generation_failed").body())
     finally:
         if not finished:
             rest.cancel()  # the client went away, or time ran out: stop decoding

@@ -38,7 +38,7 @@ from pipelines.checkpoints import local_checkpoint, local_config
 from pipelines.media import DecodeConfig
 from pipelines.serve_api import (ApiError, ChatCompletionRequest, Conversation, MediaPart,
                                  check_supported, completion_body, completion_id, stop_strings,
-                                 to_conversation)
+                                 timed_out, to_conversation)
 from pipelines.serve_config import GenerationDefaults, ServeConfig
 from pipelines.serve_media import DecodedMedia, MediaResolver
 
@@ -198,10 +198,11 @@ class ChatGenerator:
         for i, r in enumerate(requests):
             groups[r.options].append(i)
         for options, idx in groups.items():
+            stop = self._deadline_stop([requests[i] for i in idx])
             try:
                 out = self.model.generate_full([self._sample(requests[i]) for i in idx],
-                                               options, stopping_criteria=_deadlines(
-                                                   [requests[i] for i in idx]))
+                                               options, stopping_criteria=_listed(stop))
+                out = _cut_rows_timed_out(out, stop)
             except Exception:  # noqa: BLE001 - find the request at fault, spare the rest
                 log.exception("batch of %d failed; retrying its requests one by one", len(idx))
                 out = [self._alone(requests[i]) for i in idx]
@@ -209,13 +210,24 @@ class ChatGenerator:
                 results[i] = g
         return results
 
+    def _deadline_stop(self, requests: list[GenRequest]) -> "_PastDeadline | None":
+        """A stopping criterion for the requests that carry a deadline (None without)."""
+        if all(r.deadline is None for r in requests):
+            return None
+        eos = self.model.llm.generation_config.eos_token_id
+        ended = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        ended |= {self.model.tokenizer.pad_token_id}
+        return _PastDeadline([math.inf if r.deadline is None else r.deadline
+                              for r in requests], ended - {None})
+
     def _alone(self, req: GenRequest) -> Generation | ApiError:
         """A prompt that does not render is the client's (400); a failure past that, ours."""
         if (err := self.check(req)) is not None:
             return err
         try:
-            return self.model.generate_full([self._sample(req)], req.options,
-                                            stopping_criteria=_deadlines([req]))[0]
+            stop = self._deadline_stop([req])
+            return _cut_rows_timed_out(self.model.generate_full(
+                [self._sample(req)], req.options, stopping_criteria=_listed(stop)), stop)[0]
         except Exception as err:  # noqa: BLE001
             return ApiError(500, f"generation failed: {type(err).__name__}",
                             type="server_error", code="generation_failed")
@@ -229,14 +241,15 @@ class ChatGenerator:
             raise err
         streamer = TextIteratorStreamer(self.model.tokenizer, skip_prompt=True,
                                         skip_special_tokens=True, timeout=timeout_s)
+        stop = self._deadline_stop([req])
         done: dict[str, object] = {}
 
         def work() -> None:
             try:
-                stops = _deadlines([req]) + ([_Cancelled(cancel)] if cancel is not None else [])
-                done["result"] = self.model.generate_full(
+                stops = _listed(stop) + ([_Cancelled(cancel)] if cancel is not None else [])
+                done["result"] = _cut_rows_timed_out(self.model.generate_full(
                     [self._sample(req)], req.options, streamer=streamer,
-                    stopping_criteria=stops)[0]
+                    stopping_criteria=stops), stop)[0]
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 done["error"] = exc
                 streamer.end()
@@ -250,30 +263,45 @@ class ChatGenerator:
         thread.join()
         if "error" in done:
             raise done["error"]  # type: ignore[misc]
-        result: Generation = done["result"]  # type: ignore[assignment]
+        result = done["result"]
+        if isinstance(result, ApiError):   # cut at its deadline: no finish, an error
+            yield result
+            return
         if tail := deltas.finish(result.text):
             yield tail
         yield result
 
 
-def _deadlines(requests: list[GenRequest]) -> list[StoppingCriteria]:
-    """A stopping criterion for the requests that carry a deadline (none without)."""
-    if all(r.deadline is None for r in requests):
-        return []
-    return [_PastDeadline([math.inf if r.deadline is None else r.deadline for r in requests])]
+def _listed(stop: StoppingCriteria | None) -> list[StoppingCriteria]:
+    return [] if stop is None else [stop]
+
+
+def _cut_rows_timed_out(out: list[Generation], stop: "_PastDeadline | None",
+                        ) -> list[Generation | ApiError]:
+    """A row the deadline cut is padded like a finished one and would pass for a complete
+    answer ("stop"): it is the 504 its client got, or gets if the ingress's clock is behind
+    this replica's."""
+    if stop is None:
+        return list(out)
+    return [timed_out() if cut else g for g, cut in zip(out, stop.cut.tolist())]
 
 
 class _PastDeadline(StoppingCriteria):
     """Per row: stop decoding a request once its deadline has passed; the batch's other
-    rows go on (transformers ends rows whose criterion is true)."""
+    rows go on (transformers ends rows whose criterion is true). ``cut`` marks the rows it
+    stopped while they were still running (last token neither EOS nor padding)."""
 
-    def __init__(self, deadlines: list[float]):
+    def __init__(self, deadlines: list[float], ended_ids: set[int]):
         self.deadlines = torch.tensor(deadlines, dtype=torch.float64)        # (B,)
+        self.ended = torch.tensor(sorted(ended_ids), dtype=torch.long)
+        self.cut = torch.zeros(len(deadlines), dtype=torch.bool)            # (B,)
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        late = time.time() > self.deadlines                                 # (B,)
         # Beam search runs B x beams rows, each request's beams together.
-        late = late.repeat_interleave(input_ids.shape[0] // late.shape[0])
+        beams = input_ids.shape[0] // self.deadlines.shape[0]
+        late = (time.time() > self.deadlines).repeat_interleave(beams)      # (B*beams,)
+        running = ~torch.isin(input_ids[:, -1].cpu(), self.ended)           # (B*beams,)
+        self.cut |= (late & running).view(-1, beams).any(dim=1)
         return late.to(input_ids.device)
 
 

@@ -86,7 +86,7 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
         raise ConfigError("tracking.uri", "an s3:// run.storage_path needs an MLflow server "
                           "(tracking.uri or MLFLOW_TRACKING_URI): a local store on one worker "
                           "would be lost with it")
-    _check_splits(cfg.data)
+    _check_splits(cfg.data, cfg.scaling.num_workers)
     meta = read_feature_metadata(cfg.data.features)
     model = cfg.model
     if meta.get("encoders"):
@@ -102,18 +102,21 @@ def preflight(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
     return dataclasses.replace(cfg, model=dataclasses.replace(model, dims=dims)), columns
 
 
-def _check_splits(data) -> None:
-    """The train split must have rows, and so must a named validation split: an empty one
-    would report val_loss 0.0 and rank every checkpoint best (run.keep_best)."""
+def _check_splits(data, workers: int) -> None:
+    """The train split, and a named validation split, need a row for every worker: Ray
+    Train splits them equally, so a worker without validation rows would report a
+    val_loss of 0.0 and rank every checkpoint best (run.keep_best)."""
     from pipelines.shards import split_counts
 
     counts = split_counts(data.features)
     for field, split, hint in (
             ("data.train_split", data.train_split, ""),
             ("data.val_split", data.val_split, ' (data.val_split="" trains without validation)')):
-        if split and not counts.get(split):
-            raise ConfigError(field, f"no rows of split {split!r} in {data.features}; the "
-                                     f"shards hold {counts or 'no rows'}{hint}")
+        if split and counts.get(split, 0) < workers:
+            raise ConfigError(field, f"{counts.get(split, 0)} rows of split {split!r} in "
+                                     f"{data.features}, fewer than the {workers} workers "
+                                     f"(scaling.num_workers); the shards hold "
+                                     f"{counts or 'no rows'}{hint}")
 
 
 def build_model(cfg: TrainConfig):
@@ -210,8 +213,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i >= skip:
                 yield batch
 
+    # Validation's own collator stays at epoch 0: every validation draws the same modality
+    # drops and questions, so val_loss compares checkpoints, not draws.
+    val_collator = Collator(model, cfg.data, seed=cfg.optim.seed + rank)
+
     def val_batches():
-        return val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collator)
+        return val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=val_collator)
 
     def checkpoint_dir(step: int) -> str:
         return tempfile.mkdtemp(prefix=f"avray-ckpt-{step}-")

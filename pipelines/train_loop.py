@@ -193,20 +193,22 @@ class Engine:
             yield
 
 
-def _all_reduce_mean(total: float, count: int) -> float:
-    return _all_reduce_means([total], count)[0]
+def _all_reduce_sums(values: list[float]) -> list[float]:
+    """Each value summed over every rank (one small collective; every rank must call it)."""
+    if world()[1] == 1:
+        return list(values)
+    # NCCL reduces CUDA tensors only (a GPU job's process group has no CPU backend).
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(x) for x in t]
 
 
 def _all_reduce_means(totals: list[float], count: int) -> list[float]:
-    """Sums over every rank divided by the summed count (one small collective)."""
-    if world()[1] > 1:
-        # NCCL reduces CUDA tensors only (a GPU job's process group has no CPU backend).
-        device = torch.device("cuda", torch.cuda.current_device()) \
-            if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor([*totals, float(count)], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        totals, count = [float(x) for x in t[:-1]], int(t[-1])
-    return [x / max(count, 1) for x in totals]
+    """Sums over every rank divided by the summed count."""
+    *sums, n = _all_reduce_sums([*totals, float(count)])
+    return [x / max(n, 1.0) for x in sums]
 
 
 class Trainer:
@@ -265,7 +267,13 @@ class Trainer:
                 if i == 0 and self.cfg.run.generate_samples:
                     answers = self._answers(batch)
         self.model.train()
-        return {"val_loss": _all_reduce_mean(total, count), "answers": answers}
+        loss_sum, n = _all_reduce_sums([total, float(count)])
+        if n == 0:
+            # A val_loss of 0.0 would rank this checkpoint best (run.keep_best).
+            raise RuntimeError(f"validation saw no supervised sample on any worker: the "
+                               f"{self.cfg.data.val_split!r} rows have no conversations or "
+                               f"captions to score (data.val_split)")
+        return {"val_loss": loss_sum / n, "answers": answers}
 
     def _answers(self, batch: dict[str, Any]) -> list[dict[str, str]]:
         n = min(self.cfg.run.generate_samples, len(batch["samples"]))
@@ -354,7 +362,7 @@ class _StepLosses:
         self.loss, self.aux, self.count = None, None, 0
 
     def add(self, out) -> None:
-        loss, aux = out.loss.detach(), out.aux.detach()
+        loss, aux = out.loss.detach().float(), out.aux.detach().float()
         self.loss = loss if self.loss is None else self.loss + loss
         self.aux = aux if self.aux is None else self.aux + aux
         self.count += 1

@@ -273,3 +273,16 @@ def test_step_loss_is_the_mean_of_its_micro_batches_with_the_diversity_term(tiny
         assert report["loss"] == pytest.approx(np.mean([loss for loss, _ in micro]))
         assert report["diversity_loss"] == pytest.approx(np.mean([aux for _, aux in micro]))
         assert report["diversity_loss"] != 0                 # cosines: either sign
+
+
+def test_validation_without_a_supervised_sample_refuses_to_report_zero(tiny_encoders):
+    """Rows with nothing to score give no validation loss, not 0.0 (which would rank the
+    checkpoint best)."""
+    cfg = train_config(tiny_encoders, "lora")
+    model = AVModel.build(cfg.model, load_encoders=False)
+    trainer = Trainer(model, cfg, lambda m, p: None)
+    bare = [dict(r, conversations=None, caption=None) for r in colour_rows(4)]
+    with pytest.raises(RuntimeError, match="data.val_split"):
+        trainer.validate(row_epochs(bare, Collator(model, cfg.data), 4)(0, 0))
+    scored = trainer.validate(row_epochs(colour_rows(4), Collator(model, cfg.data), 4)(0, 0))
+    assert scored["val_loss"] > 0

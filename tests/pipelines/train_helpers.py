@@ -41,8 +41,6 @@ def train_config(paths: dict, mode: str = "full", **sections) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-
-
 def single_process_dist_env(port: int) -> None:
     """What DeepSpeed reads to start a one-process gloo group."""
     os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
