@@ -100,7 +100,7 @@ class BenchConfig:
     # Optimizer steps per run. With Vicuna's system prompt the fused Q-Formers read only the
     # audio at 3000 steps (runs C, E) and the frames by 9000 (F); without it they read the
     # frames at 3000 already (benchmarks/RESULTS.md, run J). With 4000 the bench took 1017 s
-    # warm and 1290 s cold here (run J).
+    # warm and 1290 s cold here (run J), 958 s cold on a faster day (run L).
     steps: int = 4000
     batch_size: int = 8
     # 5e-4, not the 2e-3 of earlier runs: with oracle media tokens (colour + kind embeddings)
